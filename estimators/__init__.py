@@ -1,0 +1,1 @@
+"""Value models, rewards, data collection and TD(lambda) training for vas-api."""

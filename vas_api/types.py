@@ -1,0 +1,283 @@
+"""Plain data types shared by providers, the sampler, the client and the estimators.
+
+Provider token ids never leave a provider adapter: everything here is text (or raw bytes for
+tokens that are not complete UTF-8 on their own), so any provider works with any value model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "Candidate",
+    "Position",
+    "Usage",
+    "Draft",
+    "Completion",
+    "Samples",
+    "Prefix",
+    "Prompt",
+    "ProviderProfile",
+    "Continuation",
+    "Provider",
+    "AsyncProvider",
+    "ValueFunction",
+]
+
+Prompt = str | list[dict[str, Any]]
+"""A raw completion prompt, or a list of OpenAI-style chat messages."""
+
+Continuation = Literal["completions", "chat_continue", "prefix", "prefill", "none"]
+"""How a provider continues a partial response:
+- "completions": a raw-text /v1/completions endpoint (chat is rendered with the chat template);
+- "chat_continue": chat with continue_final_message=true, add_generation_prompt=false (vLLM, SGLang, TGI);
+- "prefix": a final assistant message with prefix=true (DeepSeek, Mistral);
+- "prefill": a final assistant message is continued (Anthropic up to the 4.5 models);
+- "none": a trailing assistant message starts a new turn (OpenAI hosted chat, Anthropic 4.6+).
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One next-token candidate as the provider reported it.
+
+    Attributes:
+        raw: the token's bytes; may be an incomplete UTF-8 sequence (part of a multi-byte char).
+        logprob: natural-log probability under the base model (at the server's temperature 1).
+        special: an end-of-sequence or other control token; choosing it ends the response.
+    """
+
+    raw: bytes
+    logprob: float
+    special: bool = False
+
+    @property
+    def text(self) -> str | None:
+        """The token as text, or None when its bytes are not complete UTF-8 on their own."""
+        try:
+            return self.raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    @property
+    def prob(self) -> float:
+        return math.exp(self.logprob)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One generated position.
+
+    Attributes:
+        candidates: the top-k candidates, merged by identical bytes (logsumexp), sentinel
+            values dropped, sorted by logprob, highest first. May hold fewer than k.
+        sampled: the token the server actually sampled here, with its own logprob; it may lie
+            outside `candidates`. None when the response did not say.
+    """
+
+    candidates: tuple[Candidate, ...]
+    sampled: Candidate | None = None
+
+    def find(self, raw: bytes) -> Candidate | None:
+        """The candidate with these bytes, if any."""
+        for c in self.candidates:
+            if c.raw == raw:
+                return c
+        return None
+
+
+@dataclass(slots=True)
+class Usage:
+    """Billed tokens of one or more API calls."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    calls: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.calls + other.calls,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class Draft:
+    """What one logprob call returned: one Position per generated token, in order.
+
+    A candidates call is a draft of length 1. When the server stopped at an end-of-sequence
+    token it may or may not report that position; `finish_reason == "stop"` says it stopped.
+    """
+
+    positions: list[Position]
+    finish_reason: str | None
+    usage: Usage
+
+    @property
+    def raw(self) -> bytes:
+        """The sampled tokens joined as bytes (partial UTF-8 tokens join up here)."""
+        return b"".join(p.sampled.raw for p in self.positions if p.sampled and not p.sampled.special)
+
+    @property
+    def text(self) -> str:
+        return self.raw.decode("utf-8", errors="replace")
+
+
+@dataclass(slots=True)
+class Completion:
+    """One plainly sampled completion (for data collection and Best-of-N)."""
+
+    text: str
+    finish_reason: str | None
+
+
+@dataclass(slots=True)
+class Samples:
+    """The completions of one sampling request, with the usage of all calls it took."""
+
+    completions: list[Completion]
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Prefix:
+    """Where generation stands: the user's prompt and the assistant text produced so far."""
+
+    prompt: Prompt
+    response: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderProfile:
+    """What an endpoint can do; probed once per (base URL, model) and cached.
+
+    Attributes:
+        name: a short human name ("llama.cpp server", "vLLM", "OpenAI chat", ...).
+        max_top_k: the largest k the endpoint returns; None when no cap was found.
+        logprob_shape: "legacy" (completions), "chat" (content list with bytes) or "none".
+        continuation: how a partial response is continued (see `Continuation`).
+        top_k_param: the server accepts a top_k sampling parameter, so drafts can be limited
+            to the top k candidates (every drafted token is then a candidate).
+        n_param: one call can return n > 1 completions.
+        price_prompt: USD per million prompt tokens (0 for a local server).
+        price_completion: USD per million completion tokens.
+    """
+
+    name: str
+    max_top_k: int | None
+    logprob_shape: Literal["legacy", "chat", "none"]
+    continuation: Continuation
+    top_k_param: bool = False
+    n_param: bool = False
+    price_prompt: float = 0.0
+    price_completion: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def modes(self) -> list[str]:
+        """The VAS modes this endpoint can run, best first."""
+        can_continue = self.continuation != "none"
+        has_logprobs = self.logprob_shape != "none"
+        modes = []
+        if can_continue and has_logprobs:
+            modes += ["speculative", "token"]
+        if can_continue:
+            modes.append("block")
+        modes.append("rerank")
+        return modes
+
+    def cost(self, usage: Usage) -> float:
+        """USD billed for `usage` at this profile's prices."""
+        return (
+            usage.prompt_tokens * self.price_prompt
+            + usage.completion_tokens * self.price_completion
+        ) / 1e6
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A synchronous base-model endpoint. One adapter module per provider family."""
+
+    model: str
+    profile: ProviderProfile
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        """The exact text the base model continues for `prompt` (chat rendered by its template)."""
+        ...
+
+    def candidates(self, prefix: Prefix, *, k: int) -> Draft:
+        """One call, max_tokens=1: the top-k next-token candidates after `prefix`."""
+        ...
+
+    def draft(self, prefix: Prefix, *, m: int, k: int, restrict_top_k: bool = False) -> Draft:
+        """One call drafting m tokens at temperature 1, top_p 1, every other sampler neutral,
+        with top-k logprobs and the sampled token's own logprob at every position.
+        restrict_top_k=True also sends top_k=k (only when profile.top_k_param)."""
+        ...
+
+    def sample(
+        self,
+        prefix: Prefix,
+        *,
+        n: int,
+        max_tokens: int,
+        temperature: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> Samples:
+        """n plain completions from the base distribution (neutral server-side samplers)."""
+        ...
+
+
+@runtime_checkable
+class AsyncProvider(Protocol):
+    """The asyncio twin of `Provider`: same methods, awaited."""
+
+    model: str
+    profile: ProviderProfile
+
+    def prompt_text(self, prompt: Prompt) -> str: ...
+
+    async def candidates(self, prefix: Prefix, *, k: int) -> Draft: ...
+
+    async def draft(
+        self, prefix: Prefix, *, m: int, k: int, restrict_top_k: bool = False
+    ) -> Draft: ...
+
+    async def sample(
+        self,
+        prefix: Prefix,
+        *,
+        n: int,
+        max_tokens: int,
+        temperature: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> Samples: ...
+
+
+@runtime_checkable
+class ValueFunction(Protocol):
+    """Anything that scores text prefixes: a learned value model, a reward on the prefix, ...
+
+    `text` is always the full text the base model continues: `provider.prompt_text(prompt)`
+    followed by the response so far (the same concatenation the estimators train on).
+    """
+
+    def values(self, texts: Sequence[str]) -> Sequence[float]:
+        """V(text) for each text, shape (B,)."""
+        ...
+
+    def score_candidates(self, prefix_text: str, candidate_texts: Sequence[str]) -> Sequence[float]:
+        """V(prefix_text + c) for each candidate c, shape (k,). Implementations may cache the
+        committed prefix between calls."""
+        ...
