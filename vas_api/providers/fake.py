@@ -91,7 +91,7 @@ class FakeProvider:
         for _ in range(m):
             dist = self._dist(text)
             top = self._top_k(text, k)
-            pool = {c.raw.decode(): dist[c.raw.decode()] for c in top} if restrict_top_k else dist
+            pool = {t: dist[t] for t in map(self._token_of, top)} if restrict_top_k else dist
             token = self._draw(pool)
             positions.append(Position(top, self._candidate(token, dist[token])))
             if token == EOS:
@@ -151,6 +151,10 @@ class FakeProvider:
         if token == EOS:
             return Candidate(b"", math.log(p), special=True)
         return Candidate(token.encode(), math.log(p))
+
+    @staticmethod
+    def _token_of(candidate: Candidate) -> str:
+        return EOS if candidate.special else candidate.raw.decode()
 
     def _draw(self, pool: Mapping[str, float], rng: random.Random | None = None) -> str:
         tokens = list(pool)

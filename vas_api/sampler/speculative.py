@@ -1,0 +1,208 @@
+"""Speculative VAS (DESIGN.md section 4): exact token-mode output, far fewer API calls.
+
+One call drafts m tokens from the base at temperature 1 with top-k logprobs at every position.
+Position by position, the drafted token x is kept with probability min(1, p(x)/q(x)), where q
+is the distribution the draft was sampled from and p the token-mode target; on the first
+rejection a token is drawn from r ~ max(0, p - q) and the rest of the draft is dropped. This is
+speculative sampling (Leviathan et al. 2023; Chen et al. 2023): every committed token has
+exactly the token-mode distribution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..types import Draft, Prefix
+from .core import Call, DraftCall, Scores, TokenSampler, _SamplerBase
+from .settings import SamplerSettings
+from .target import Options, options_of
+
+__all__ = ["DraftLengthPolicy", "SpeculativeSampler", "expected_tokens_per_call"]
+
+
+def expected_tokens_per_call(alpha: float, m: int) -> float:
+    """Tokens one draft of length m commits when each position is accepted with prob alpha.
+
+    A rejection at position a (a accepted before it) commits a + 1 tokens (the resampled one);
+    all m accepted commits m. The sum is (1 - alpha^m) / (1 - alpha).
+    """
+    if alpha >= 1.0:
+        return float(m)
+    return (1.0 - alpha**m) / (1.0 - alpha)
+
+
+@dataclass
+class DraftLengthPolicy:
+    """Chooses the draft length m that minimises expected cost per committed token.
+
+    Cost of one call = prompt_tokens * price_prompt + m * price_completion (the whole prefix is
+    billed again on every call); tokens committed = expected_tokens_per_call(alpha, m), with
+    alpha the running acceptance rate under a Beta prior. With no prices (a local server),
+    billed tokens are counted at 1 each.
+
+    Attributes:
+        m_min, m_max: bounds on m.
+        price_prompt, price_completion: USD per million tokens (or any common unit).
+        prior_accept, prior_weight: Beta prior on the acceptance rate, as a mean and a count.
+    """
+
+    m_min: int = 2
+    m_max: int = 64
+    price_prompt: float = 0.0
+    price_completion: float = 0.0
+    prior_accept: float = 0.9
+    prior_weight: float = 4.0
+    accepted: int = 0
+    tested: int = 0
+
+    @property
+    def alpha(self) -> float:
+        """Posterior mean acceptance rate per drafted position."""
+        a = self.prior_accept * self.prior_weight + self.accepted
+        return a / (self.prior_weight + self.tested)
+
+    def update(self, tested: int, accepted: int) -> None:
+        """Record one draft: `tested` positions went through the accept test, `accepted` kept."""
+        self.tested += tested
+        self.accepted += accepted
+
+    def choose(self, prompt_tokens: int, remaining: int) -> int:
+        """The m to draft next, given the billed prompt size and the tokens still allowed."""
+        hi = max(1, min(self.m_max, remaining))
+        lo = min(self.m_min, hi)
+        pp, pc = (self.price_prompt, self.price_completion)
+        if pp <= 0 and pc <= 0:
+            pp = pc = 1.0
+        alpha = min(self.alpha, 1 - 1e-9)
+        best_m, best = lo, math.inf
+        for m in range(lo, hi + 1):
+            cost = (prompt_tokens * pp + m * pc) / expected_tokens_per_call(alpha, m)
+            if cost < best - 1e-12:
+                best_m, best = m, cost
+        return best_m
+
+
+class SpeculativeSampler(_SamplerBase):
+    """Speculative mode. Same target as `TokenSampler`; the report counts drafted tokens.
+
+    Args:
+        settings: the request's settings.
+        prefix: prompt and any response so far.
+        prompt_text: the text the base continues for the prompt (for the value models).
+        restrict_top_k: draft with the server's top_k = k, so q is the base renormalised over
+            the candidates (every drafted token is then a candidate).
+        policy: draft-length policy (its acceptance estimate persists across requests when
+            the caller passes the same object).
+    """
+
+    def __init__(
+        self,
+        settings: SamplerSettings,
+        prefix: Prefix,
+        prompt_text: str,
+        *,
+        restrict_top_k: bool,
+        policy: DraftLengthPolicy | None = None,
+    ) -> None:
+        super().__init__(settings, prefix, prompt_text)
+        self.restrict_top_k = restrict_top_k
+        self.policy = policy or DraftLengthPolicy(m_min=settings.draft_min, m_max=settings.draft_max)
+        self.drafted = 0  # tokens the server drafted
+        self.accepted = 0  # drafted tokens kept
+        self.resampled = 0  # tokens drawn from the residual after a rejection
+        self._prompt_tokens = max(1, len(prompt_text) // 4)  # until the first usage arrives
+        self._draft: Draft | None = None
+        self._options: list[Options] = []
+        self._fallback: TokenSampler | None = None
+
+    @property
+    def wasted(self) -> int:
+        """Drafted tokens thrown away (after a rejection, or past a stop or max_tokens)."""
+        return self.drafted - self.accepted
+
+    def next_request(self) -> Call | None:
+        if self.done:
+            return None
+        if self._fallback is not None:
+            return self._fallback.next_request()
+        if self._draft is None:
+            remaining = self.settings.max_tokens - self.state.tokens
+            m = self.policy.choose(self._prompt_tokens + self.state.tokens, remaining)
+            return DraftCall(self._prefix(), m, self.settings.k, self.restrict_top_k)
+        path = tuple(o.texts[o.index(p.sampled)] for o, p in zip(self._options[:-1], self._draft.positions, strict=False))
+        return self._score_call(path, self._options)
+
+    def feed(self, answer: Draft | Scores) -> None:
+        if self._fallback is not None:
+            self._feed_fallback(answer)
+        elif self._draft is None:
+            self._expect(answer, Draft)
+            self._take_draft(answer)  # type: ignore[arg-type]
+        else:
+            self._expect(answer, list)
+            self._verify(answer)  # type: ignore[arg-type]
+
+    # -- internals ------------------------------------------------------------------------
+    def _take_draft(self, draft: Draft) -> None:
+        self._add_usage(draft)
+        self._prompt_tokens = max(1, draft.usage.prompt_tokens - self.state.tokens)
+        if not draft.positions:
+            # The server stopped without reporting a position (end of sequence it does not
+            # show): ask for this one position's candidates instead (token mode, same target).
+            fallback = TokenSampler(self.settings, self._prefix(), self.prompt_text)
+            fallback.rng, fallback.state = self.rng, self.state  # shared: one response, one rng
+            self._fallback = fallback
+            return
+        self.drafted += len(draft.positions)
+        # Only positions up to the first drafted token that cannot be kept need scoring:
+        # a token that is not a usable candidate has p = 0 and is always rejected.
+        options: list[Options] = []
+        for pos in draft.positions:
+            opts = options_of(pos)
+            options.append(opts)
+            x = opts.index(pos.sampled)
+            if x is None or opts.candidates[x].special:
+                break
+        self._draft, self._options = draft, options
+        if not self.settings.steered:
+            self._verify([])
+
+    def _feed_fallback(self, answer: Draft | Scores) -> None:
+        tokens = self.state.tokens
+        self._fallback.feed(answer)  # type: ignore[union-attr]
+        if self.done or self.state.tokens > tokens:
+            self._fallback = None  # its one token is committed (the state is shared)
+
+    def _q(self, opts: Options) -> np.ndarray:
+        """The draft distribution over the options."""
+        lq = opts.logprobs - opts.log_total if self.restrict_top_k else opts.logprobs
+        return np.exp(lq)
+
+    def _verify(self, scores: Scores) -> None:
+        draft, options = self._draft, self._options
+        self._draft, self._options = None, []
+        tested = accepted = 0
+        for j, opts in enumerate(options):
+            pos = draft.positions[j]  # type: ignore[union-attr]
+            probs, shift = self._target(opts, [per_model[j] for per_model in scores])
+            q = self._q(opts)
+            x = opts.index(pos.sampled)  # None: not a usable candidate, so p(x) = 0
+            tested += 1
+            if x is not None and self.rng.random() * q[x] < probs[x]:  # u < p(x) / q(x)
+                accepted += 1
+                self.accepted += 1
+                self._commit(opts, x, probs, shift, "accepted")
+                if self.done:
+                    break
+                continue
+            residual = np.maximum(probs - q, 0.0)
+            total = residual.sum()
+            r = residual / total if total > 1e-12 else probs
+            i = int(self.rng.choice(len(r), p=r))
+            self.resampled += 1
+            self._commit(opts, i, probs, shift, "resampled")
+            break
+        self.policy.update(tested, accepted)
