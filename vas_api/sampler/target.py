@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ProviderError
+from ..errors import NoLogprobsError, ProviderError
 from ..types import Candidate, Position
 
 __all__ = ["Options", "options_of", "value_shift", "target_probs"]
@@ -47,11 +47,16 @@ class Options:
 
 def options_of(position: Position) -> Options:
     """Usable options of a provider position; raises ProviderError when there are none."""
+    if not position.candidates:
+        raise NoLogprobsError(
+            "The provider returned no logprobs for this position, so token and speculative VAS "
+            "cannot run. Check that the endpoint and model return top-k logprobs."
+        )
     usable = [c for c in position.candidates if c.special or c.text is not None]
     if not usable:
         raise ProviderError(
-            "The provider returned no usable next-token candidates (no logprobs, or only "
-            "partial UTF-8 tokens). Check that the endpoint returns top-k logprobs."
+            "Every next-token candidate the provider returned is a partial UTF-8 token; VAS can "
+            "continue only whole characters through a text API."
         )
     all_lp = np.array([c.logprob for c in position.candidates], dtype=np.float64)
     return Options(

@@ -1,0 +1,120 @@
+"""The `vas` report that rides along with every response: calls, billed tokens, time, and a
+per-token trace of what the value model did. Renders as one line, a terminal table, or HTML
+with tokens shaded by how much the value model moved them (notebooks)."""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+
+from .sampler.core import Step
+from .types import Usage
+
+__all__ = ["VASReport"]
+
+
+@dataclass
+class VASReport:
+    """What one VAS request cost and did.
+
+    Attributes:
+        mode: "speculative" or "token".
+        model: the base model.
+        k: candidates per position.
+        betas: one per value model.
+        api_calls: calls to the provider.
+        usage: billed tokens summed over every call.
+        cost_usd: at the provider profile's prices (0 for a local server).
+        traces: one list of committed tokens per choice.
+        drafted, accepted, resampled: speculative counters (drafted tokens, kept drafted
+            tokens, tokens drawn from the residual after a rejection).
+        time_api_s, time_value_s, time_total_s: wall time waiting for the API, in the value
+            models, and in all.
+    """
+
+    mode: str
+    model: str
+    k: int
+    betas: tuple[float, ...]
+    api_calls: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    traces: list[list[Step]] = field(default_factory=list)
+    drafted: int = 0
+    accepted: int = 0
+    resampled: int = 0
+    time_api_s: float = 0.0
+    time_value_s: float = 0.0
+    time_total_s: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        """Generated tokens over all choices."""
+        return sum(len(t) for t in self.traces)
+
+    @property
+    def wasted(self) -> int:
+        """Drafted tokens that were thrown away."""
+        return self.drafted - self.accepted
+
+    @property
+    def calls_per_token(self) -> float:
+        return self.api_calls / self.tokens if self.tokens else math.nan
+
+    @property
+    def acceptance(self) -> float:
+        """Kept drafted tokens per drafted token (speculative mode)."""
+        return self.accepted / self.drafted if self.drafted else math.nan
+
+    def summary(self) -> str:
+        """One line: mode, tokens, calls, billed tokens, cost, time split."""
+        parts = [
+            f"{self.mode} k={self.k} betas={list(self.betas)}",
+            f"{self.tokens} tokens",
+            f"{self.api_calls} API calls ({self.calls_per_token:.2f}/token)",
+            f"billed {self.usage.prompt_tokens}+{self.usage.completion_tokens} tokens",
+        ]
+        if self.cost_usd:
+            parts.append(f"${self.cost_usd:.5f}")
+        if self.drafted:
+            parts.append(f"drafted {self.drafted}, accepted {self.accepted}, wasted {self.wasted}")
+        parts.append(
+            f"{self.time_total_s:.2f}s (API {self.time_api_s:.2f}s, value {self.time_value_s:.2f}s)"
+        )
+        return "VASReport(" + "; ".join(parts) + ")"
+
+    __repr__ = summary
+
+    def table(self, choice: int = 0):  # -> rich.table.Table
+        """The per-token trace of one choice as a rich Table (print it with rich)."""
+        from rich.table import Table
+
+        t = Table(title=self.summary(), title_justify="left")
+        for col in ("#", "token", "base logprob", "value shift", "VAS prob", "source"):
+            t.add_column(col, justify="right" if col not in ("token", "source") else "left")
+        for i, s in enumerate(self.traces[choice] if self.traces else []):
+            shade = "green" if s.shift > 0.5 else "red" if s.shift < -0.5 else ""
+            token = "<end>" if s.special else repr(s.text)[1:-1]
+            t.add_row(
+                str(i), f"[{shade}]{token}[/]" if shade else token,
+                f"{s.base_logprob:.2f}", f"{s.shift:+.2f}", f"{s.prob:.2f}", s.source,
+            )
+        return t
+
+    def _repr_html_(self) -> str:
+        """Tokens shaded by their value shift: green pushed up, red pushed down."""
+        rows = []
+        for trace in self.traces:
+            spans = []
+            for s in trace:
+                alpha = min(1.0, abs(s.shift) / 2.0)
+                rgb = "40,160,60" if s.shift >= 0 else "210,50,50"
+                tip = f"base logprob {s.base_logprob:.2f}, shift {s.shift:+.2f}, prob {s.prob:.2f}, {s.source}"
+                text = "&lt;end&gt;" if s.special else html.escape(s.text).replace("\n", "&#8629;<br>")
+                spans.append(
+                    f'<span title="{tip}" style="background:rgba({rgb},{alpha:.2f});'
+                    f'border-radius:3px">{text}</span>'
+                )
+            rows.append(f'<div style="font-family:monospace;line-height:1.7">{"".join(spans)}</div>')
+        return f"<div><b>{html.escape(self.summary())}</b>{''.join(rows)}</div>"
