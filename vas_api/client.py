@@ -153,7 +153,7 @@ class _Base:
         if (isinstance(prompt, str) and not prompt) or (not isinstance(prompt, str) and not prompt):
             raise ConfigError("the prompt (or messages) is empty; give the base model something to continue.")
         opts = {**self.defaults, **{k: v for k, v in vas.items() if v is not NOT_GIVEN}}
-        value_fns = self._value_fns(opts["value_model"] if "value_model" in opts else None)
+        value_fns = self._value_fns(opts.get("value_model"))
         betas = _betas(opts["beta"], len(value_fns))
         stop = sdk.get("stop")
         settings = SamplerSettings(

@@ -12,6 +12,7 @@ from ..types import ProviderProfile
 __all__ = ["MODES", "SamplerSettings", "resolve_mode"]
 
 MODES = ("auto", "speculative", "token")
+IMPLEMENTED = ("speculative", "token")  # block and rerank (DESIGN.md section 5) are not built yet
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,15 @@ def resolve_mode(mode: str, profile: ProviderProfile, k: int) -> str:
     """
     if mode not in MODES:
         raise ConfigError(f"mode = {mode!r} is not a VAS mode; use one of {', '.join(MODES)}.")
-    workable = [m for m in profile.modes() if m in ("speculative", "token")]
+    workable = [m for m in profile.modes() if m in IMPLEMENTED]
     if not workable:
+        why = "returns no logprobs" if profile.logprob_shape == "none" else "cannot continue a partial response"
+        later = [m for m in profile.modes() if m not in IMPLEMENTED]
         raise CapabilityError(
-            f"{profile.name} cannot run token-level VAS: it "
-            + ("returns no logprobs" if profile.logprob_shape == "none" else "cannot continue a partial response")
-            + ".",
-            workable_modes=[m for m in profile.modes() if m not in ("speculative", "token")],
+            f"{profile.name} cannot run token-level VAS: it {why}. It could run the "
+            f"{' or '.join(later)} mode, which vas-api does not implement yet; use an endpoint "
+            "that returns top-k logprobs and continues partial responses (a completions endpoint, "
+            "vLLM, llama.cpp, Together, Fireworks, DeepSeek)."
         )
     if profile.max_top_k is not None and k > profile.max_top_k:
         raise CapabilityError(
