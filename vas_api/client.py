@@ -128,9 +128,9 @@ class _Base:
                         f"value model {str(spec)!r} does not exist. Pass the directory a `vas train` "
                         "run saved (it holds config.json and model.safetensors)."
                     )
-                from estimators.value_model import ValueModel
+                from estimators.baselines import load_value_function
 
-                self._loaded[key] = ValueModel.load(key)
+                self._loaded[key] = load_value_function(key)
             return self._loaded[key]
         if not (hasattr(spec, "score_candidates") and hasattr(spec, "values")):
             raise ConfigError(
