@@ -1,0 +1,221 @@
+"""Value functions that are not (only) learned: a reward applied to the prefix, and a residual
+value model that starts exactly at that baseline and learns a correction.
+
+Both satisfy `vas_api.types.ValueFunction`, so they go wherever a value model goes. A value
+function only ever sees the full text (the rendered prompt followed by the response so far);
+to call a reward, which wants (prompt, completion), it has to know where the prompt ends. That
+is the job of a *prompt split*: a function text -> (prompt_text, response_so_far). The usual
+one cuts after the last occurrence of the chat template's assistant header (for SmolLM2 and
+other ChatML models "<|im_start|>assistant\\n"); `split_after_prompt(prompt_text)` handles
+raw-text prompts when the prompt is known. Only marker splits are saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from vas_api.errors import CheckpointError, ConfigError, ValueModelError
+
+from .rewards import Reward, build_reward, compute_rewards
+
+if TYPE_CHECKING:
+    from .value_model import ValueModel
+
+__all__ = [
+    "CHATML_ASSISTANT",
+    "PromptSplit",
+    "split_after_marker",
+    "split_after_prompt",
+    "PrefixRewardValue",
+    "ResidualValueModel",
+    "load_value_function",
+]
+
+CHATML_ASSISTANT = "<|im_start|>assistant\n"
+"""The generation prompt of ChatML templates (SmolLM2, Qwen): the response starts after it."""
+
+PromptSplit = Callable[[str], tuple[str, str]]
+
+
+def split_after_marker(marker: str) -> PromptSplit:
+    """A split that ends the prompt after the last occurrence of `marker`.
+
+    The returned function raises ValueModelError for a text without the marker, since guessing
+    would silently score the prompt as if it were the response.
+    """
+    if not marker:
+        raise ConfigError("the prompt marker must not be empty")
+
+    def split(text: str) -> tuple[str, str]:
+        at = text.rfind(marker)
+        if at < 0:
+            raise ValueModelError(
+                f"text has no prompt marker {marker!r}, so the response cannot be told apart "
+                f"from the prompt: {text[:60]!r}...; pass prompt_split=split_after_prompt(...) "
+                "or the marker of your chat template"
+            )
+        cut = at + len(marker)
+        return text[:cut], text[cut:]
+
+    split.marker = marker  # type: ignore[attr-defined]  # lets checkpoints record it
+    return split
+
+
+def split_after_prompt(prompt_text: str) -> PromptSplit:
+    """A split for texts that all start with one known prompt text (raw-completion prompts)."""
+
+    def split(text: str) -> tuple[str, str]:
+        if not text.startswith(prompt_text):
+            raise ValueModelError(f"text does not start with the prompt {prompt_text[:40]!r}...")
+        return prompt_text, text[len(prompt_text) :]
+
+    return split
+
+
+def _as_split(prompt_split: str | PromptSplit) -> PromptSplit:
+    return split_after_marker(prompt_split) if isinstance(prompt_split, str) else prompt_split
+
+
+class PrefixRewardValue:
+    """V(text) = reward(prompt, response so far): the reward-guided-search baseline.
+
+    Free when the reward is cheap (VADER: ~0.35 ms a text); myopic, since a half-written
+    response is scored as if it were finished.
+
+    Args:
+        reward: a Reward or a reward spec string ("vader", "length:target=40", ...).
+        prompt_split: a marker string (split after its last occurrence) or a function
+            text -> (prompt_text, response); default: the ChatML assistant header.
+    """
+
+    def __init__(
+        self, reward: Reward | str, prompt_split: str | PromptSplit = CHATML_ASSISTANT
+    ) -> None:
+        self.reward = build_reward(reward) if isinstance(reward, str) else reward
+        self.split = _as_split(prompt_split)
+        self.marker: str | None = getattr(self.split, "marker", None)
+        self.description = f"prefix-reward({self.reward.description})"
+
+    def values(self, texts: Sequence[str]) -> list[float]:
+        """The reward of each text's response-so-far, shape (B,).
+
+        Raises:
+            ValueModelError: a text cannot be split into prompt and response.
+            RewardError: the reward failed or returned a non-finite value.
+        """
+        if not texts:
+            return []
+        pairs = [self.split(t) for t in texts]
+        return compute_rewards(self.reward, [p for p, _ in pairs], [c for _, c in pairs])
+
+    def score_candidates(self, prefix_text: str, candidate_texts: Sequence[str]) -> list[float]:
+        """V(prefix_text + c) for each candidate c, shape (k,)."""
+        return self.values([prefix_text + c for c in candidate_texts])
+
+
+class ResidualValueModel(torch.nn.Module):
+    """V(s) = reward(prefix of s) + a learned correction.
+
+    The correction is a ValueModel whose value head starts at zero, so before training this
+    is exactly `PrefixRewardValue`; TD(lambda) training (`estimators.train` with residual=True)
+    fits the correction on the same targets as a plain value model. Saved as an ordinary
+    ValueModel checkpoint whose metadata has {"residual": {"reward": spec, "prompt_marker":
+    marker}}, from which `load` rebuilds the baseline.
+
+    Args:
+        model: the correction (a ValueModel).
+        baseline: the reward-on-prefix part.
+    """
+
+    def __init__(self, model: ValueModel, baseline: PrefixRewardValue) -> None:
+        super().__init__()
+        self.model = model
+        self.baseline = baseline
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, base_values: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T) values: `base_values` (the reward of each prefix, precomputed) + correction."""
+        return base_values + self.model(input_ids, attention_mask)
+
+    def values(self, texts: Sequence[str]) -> torch.Tensor:
+        """V(text) for each text, shape (B,)."""
+        correction = self.model.values(list(texts))
+        base = torch.tensor(self.baseline.values(texts), dtype=correction.dtype)
+        return base.to(correction.device) + correction
+
+    def score_candidates(self, prefix_text: str, candidate_texts: Sequence[str]) -> torch.Tensor:
+        """V(prefix_text + c) for each candidate c, shape (k,)."""
+        correction = self.model.score_candidates(prefix_text, list(candidate_texts))
+        base = torch.tensor(
+            self.baseline.score_candidates(prefix_text, candidate_texts), dtype=correction.dtype
+        )
+        return base.to(correction.device) + correction
+
+    def residual_metadata(self) -> dict[str, Any]:
+        """What a checkpoint stores to rebuild the baseline."""
+        if self.baseline.marker is None:
+            raise CheckpointError(
+                "only residual models with a marker prompt split can be saved "
+                "(a custom split function cannot be written to JSON)"
+            )
+        return {"reward": self.baseline.reward.description, "prompt_marker": self.baseline.marker}
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Save as a ValueModel checkpoint that names its reward and prompt marker."""
+        self.model.config.metadata["residual"] = self.residual_metadata()
+        self.model.save(directory)
+
+    @classmethod
+    def load(
+        cls, directory: str | os.PathLike[str], device: str | torch.device | None = None
+    ) -> ResidualValueModel:
+        """Load a residual checkpoint.
+
+        Raises:
+            CheckpointError: missing/corrupt checkpoint, or not a residual one.
+        """
+        from .value_model import ValueModel
+
+        model = ValueModel.load(directory, device=device)
+        return cls.from_value_model(model, directory)
+
+    @classmethod
+    def from_value_model(cls, model: ValueModel, where: Any = "") -> ResidualValueModel:
+        """Wrap a loaded ValueModel whose metadata names its residual baseline."""
+        info = (model.config.metadata or {}).get("residual")
+        if not isinstance(info, dict) or "reward" not in info or "prompt_marker" not in info:
+            raise CheckpointError(f"checkpoint {where} is not a residual value model")
+        try:
+            baseline = PrefixRewardValue(info["reward"], info["prompt_marker"])
+        except ConfigError as exc:
+            raise CheckpointError(f"checkpoint {where} names a bad reward: {exc}") from exc
+        return cls(model, baseline)
+
+
+def load_value_function(
+    directory: str | os.PathLike[str], device: str | torch.device | None = None
+) -> ValueModel | ResidualValueModel:
+    """Load a saved value model, residual or plain, as its metadata says.
+
+    Raises:
+        CheckpointError: the directory is missing or not a valid checkpoint.
+    """
+    from .value_model import ValueModel
+
+    model = ValueModel.load(directory, device=device)
+    if (model.config.metadata or {}).get("residual"):
+        return ResidualValueModel.from_value_model(model, directory)
+    return model

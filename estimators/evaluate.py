@@ -1,0 +1,119 @@
+"""Held-out metrics for any value function (learned, residual, or a reward on the prefix).
+
+For each scored sample with final reward R and a fraction f of its completion (see
+`estimators.states`: the state after floor(f * L) value-model tokens), the value function
+scores the text prompt_text + completion[:that state] through its public `values(texts)`:
+- mse@f: mean of (V - R)^2 over samples (how well V predicts the reward it will get);
+- spearman@f: Spearman rank correlation between V and R over samples.
+The headline numbers `mse` and `spearman` are those at f = 0.5 ("half the completion").
+At f = 1 a reward-on-the-prefix baseline is exact by construction; at f = 0 every sample of a
+prompt shares one state, so only the prompts are ranked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from vas_api.errors import DataError
+from vas_api.types import ValueFunction
+
+from .data import Sample
+from .states import prefix_at, split_states
+
+__all__ = ["spearman", "evaluate_value", "DEFAULT_FRACTIONS"]
+
+DEFAULT_FRACTIONS = (0.0, 0.5, 1.0)
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks; ties share their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation with average ranks for ties (as scipy.stats.spearmanr).
+
+    Returns:
+        The correlation in [-1, 1], or NaN when either side is constant or has < 2 items.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"spearman needs equal lengths, got {len(x)} and {len(y)}")
+    if len(x) < 2:
+        return math.nan
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    vx = sum((a - mx) ** 2 for a in rx)
+    vy = sum((b - my) ** 2 for b in ry)
+    if vx == 0 or vy == 0:
+        return math.nan
+    return cov / math.sqrt(vx * vy)
+
+
+def _as_floats(values: Any) -> list[float]:
+    if hasattr(values, "detach"):  # a torch tensor
+        values = values.detach().float().cpu().tolist()
+    return [float(v) for v in values]
+
+
+def evaluate_value(
+    value_fn: ValueFunction,
+    samples: Sequence[Sample],
+    tokenizer: Any,
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Held-out MSE and Spearman of a value function against the samples' final rewards.
+
+    Args:
+        value_fn: anything with `values(texts)`.
+        samples: scored samples (each needs `reward`).
+        tokenizer: the fast tokenizer that defines the states (the value model's; the same one
+            for every value function being compared, so they are scored on the same texts).
+        fractions: fractions of the completion to score at.
+        batch_size: texts per `values` call.
+
+    Returns:
+        {"n": ..., "mse": ..., "spearman": ..., "mse@0.5": ..., "spearman@0.5": ..., ...};
+        the bare keys are the f = 0.5 figures when 0.5 is among the fractions.
+
+    Raises:
+        DataError: no samples, or a sample without a reward.
+    """
+    if not samples:
+        raise DataError("no samples to evaluate on")
+    unscored = sum(s.reward is None for s in samples)
+    if unscored:
+        raise DataError(f"{unscored} of {len(samples)} samples have no reward; pass a reward spec")
+    rewards = [float(s.reward) for s in samples]  # type: ignore[arg-type]
+    splits = [split_states(tokenizer, s.prompt_text, s.completion) for s in samples]
+    metrics: dict[str, float] = {"n": float(len(samples))}
+    for f in fractions:
+        texts = [
+            prefix_at(s.prompt_text, s.completion, sp, f) if sp else s.prompt_text
+            for s, sp in zip(samples, splits, strict=True)
+        ]
+        values: list[float] = []
+        for i in range(0, len(texts), batch_size):
+            values += _as_floats(value_fn.values(texts[i : i + batch_size]))
+        if len(values) != len(texts):
+            raise DataError(f"value function returned {len(values)} values for {len(texts)} texts")
+        mse = sum((v - r) ** 2 for v, r in zip(values, rewards, strict=True)) / len(values)
+        metrics[f"mse@{f:g}"] = mse
+        metrics[f"spearman@{f:g}"] = spearman(values, rewards)
+    if 0.5 in fractions:
+        metrics["mse"], metrics["spearman"] = metrics["mse@0.5"], metrics["spearman@0.5"]
+    return metrics

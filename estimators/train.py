@@ -1,0 +1,491 @@
+"""TD(lambda) training of a value model on samples of the frozen base (`vas train`).
+
+The loop, as in the VAS authors' code: for each batch of samples, compute V of every state in
+one no-grad pass, turn it into fixed TD(lambda) targets (reward on the last state), then take
+`epochs_per_batch` optimizer steps of 0.5 * MSE toward those targets. A sample's states are
+the prefix ending the prompt and the prefix after each completion token (`estimators.states`).
+
+Validation uses a held-out fraction of the training *prompts* (never of samples, so no prompt
+is on both sides); the held-out prompt files of the benchmark are never seen here. Resumable:
+every `save_every` batches the trainable weights, optimizer state and position are saved under
+`<output_dir>/train_state/` (safetensors + JSON, no pickles); running again with the same
+config continues from there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vas_api.errors import CheckpointError, ConfigError, DataError
+
+from .baselines import PrefixRewardValue, ResidualValueModel
+from .data import Sample, prompt_key, read_samples
+from .evaluate import evaluate_value
+from .rewards import build_reward, compute_rewards
+from .states import StateSplit, split_states
+from .td import last_state_rewards, td_lambda_returns, value_loss
+
+__all__ = ["TrainConfig", "TrainResult", "train", "split_by_prompt", "score_samples"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; saved with its checkpoints.
+
+    Fields without a comment mean what their name says.
+    """
+
+    data: str  # JSONL samples written by `vas collect`
+    output_dir: str  # the final checkpoint goes here; resumable state in output_dir/train_state
+    reward: str | None = "vader"  # reward spec (see estimators.rewards); None: use stored rewards
+    backbone: str | None = None  # HF name/path; None: SmolLM2-135M-Instruct from the GGUF
+    num_layers: int | None = None  # keep the first N backbone layers; None: the model default
+    residual: bool = False  # learn V = reward(prefix) + correction instead of V directly
+    prompt_marker: str = "<|im_start|>assistant\n"  # residual only: where the prompt ends
+    lam: float = 0.95  # TD(lambda); 0 = TD(0), 1 = Monte Carlo
+    gamma: float = 1.0
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 10  # optimizer steps of linear warm-up, then constant
+    max_grad_norm: float = 1.0
+    batch_size: int = 8  # samples per batch; TD targets are computed once per batch
+    grad_accum: int = 1  # split each batch into this many micro-batches (memory)
+    epochs_per_batch: int = 4  # optimizer steps on each batch's fixed targets
+    passes: int = 1  # passes over the training samples
+    max_length: int = 256  # tokens; longer texts lose prompt tokens from the left
+    freeze_backbone: bool = False  # train the value head only
+    lora_r: int = 0  # > 0: train LoRA adapters of this rank (merged before saving) + the head
+    lora_alpha: int = 16
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
+    heldout_fraction: float = 0.1  # fraction of prompts kept out for validation
+    seed: int = 0
+    eval_every: int = 0  # batches between validations; 0: only at the end of each pass
+    save_every: int = 50  # batches between resumable checkpoints
+    device: str | None = None  # None: cuda when available, else cpu
+    base_model: str | None = None  # recorded in metadata; None: the samples' `model` field
+
+    def check(self) -> None:
+        """Raise ConfigError for settings that cannot work."""
+        problems = []
+        if not (0 <= self.lam <= 1 and 0 <= self.gamma <= 1):
+            problems.append("lam and gamma must lie in [0, 1]")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            problems.append("batch_size must be a positive multiple of grad_accum")
+        if self.epochs_per_batch < 1 or self.passes < 1:
+            problems.append("epochs_per_batch and passes must be at least 1")
+        if not (0 <= self.heldout_fraction < 1):
+            problems.append("heldout_fraction must lie in [0, 1)")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append("lr must be a positive number")
+        if self.freeze_backbone and self.lora_r > 0:
+            problems.append("choose freeze_backbone or lora_r > 0, not both")
+        if self.max_length < 2:
+            problems.append("max_length must be at least 2")
+        if problems:
+            raise ConfigError("bad training config: " + "; ".join(problems))
+
+
+# Fields that may change when a run is resumed (they do not change what was already done).
+_RESUMABLE_CHANGES = {"passes", "eval_every", "save_every", "device", "output_dir", "data"}
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns.
+
+    Attributes:
+        model: the trained value function (ValueModel, or ResidualValueModel).
+        metrics: validation metrics of the final model (empty without a validation split).
+        history: one dict per logged batch / validation.
+        seconds: wall time of this call (a resumed run counts only its own part).
+        batches: batches done in total (including resumed ones).
+    """
+
+    model: Any
+    metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    batches: int = 0
+
+
+@dataclass
+class _Item:
+    """A training sample, tokenized, with its states located."""
+
+    split: StateSplit
+    reward: float
+    base: list[float] | None  # residual: reward of each state's prefix
+
+
+def score_samples(samples: list[Sample], spec: str | None, *, chunk: int = 512) -> list[Sample]:
+    """Set each sample's `reward` from a reward spec (or check stored rewards when None).
+
+    Raises:
+        DataError: spec is None and some samples have no stored reward.
+        RewardError / ConfigError: the reward fails or the spec is bad.
+    """
+    if spec is None:
+        missing = sum(s.reward is None for s in samples)
+        if missing:
+            raise DataError(
+                f"{missing} of {len(samples)} samples have no stored reward; pass a reward spec"
+            )
+        return samples
+    reward = build_reward(spec)
+    for i in range(0, len(samples), chunk):
+        part = samples[i : i + chunk]
+        scores = compute_rewards(reward, [s.prompt_text for s in part], [s.completion for s in part])
+        for s, r in zip(part, scores, strict=True):
+            s.reward = r
+    return samples
+
+
+def split_by_prompt(
+    samples: list[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Split samples into (train, validation) by prompt, with a seeded shuffle of the prompts.
+
+    With fraction > 0 at least one prompt (and at most all but one) goes to validation.
+    """
+    keys = sorted({prompt_key(s.prompt) for s in samples})
+    if fraction <= 0 or len(keys) < 2:
+        return list(samples), []
+    random.Random(seed).shuffle(keys)
+    n_val = min(len(keys) - 1, max(1, round(fraction * len(keys))))
+    val_keys = set(keys[:n_val])
+    train = [s for s in samples if prompt_key(s.prompt) not in val_keys]
+    val = [s for s in samples if prompt_key(s.prompt) in val_keys]
+    return train, val
+
+
+def _encode(
+    samples: list[Sample], tokenizer: Any, cfg: TrainConfig, baseline: PrefixRewardValue | None
+) -> tuple[list[_Item], int]:
+    items, too_long = [], 0
+    for s in samples:
+        split = split_states(tokenizer, s.prompt_text, s.completion, max_length=cfg.max_length)
+        if split is None:
+            too_long += 1
+            continue
+        base = None
+        if baseline is not None:
+            # The baseline sees exactly the text of each state, as it would at generation time.
+            base = baseline.values([s.prompt_text + s.completion[:e] for e in split.ends])
+        items.append(_Item(split, float(s.reward), base))  # type: ignore[arg-type]
+    return items, too_long
+
+
+def _collate(items: list[_Item], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    T = max(len(it.split.input_ids) for it in items)
+    B = len(items)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, T), dtype=torch.long)
+    states = torch.zeros((B, T), dtype=torch.bool)
+    base = torch.zeros((B, T), dtype=torch.float32)
+    for b, it in enumerate(items):
+        n, p = len(it.split.input_ids), it.split.prompt_state
+        input_ids[b, :n] = torch.tensor(it.split.input_ids)
+        attention[b, :n] = 1
+        states[b, p : p + it.split.num_states] = True
+        if it.base is not None:
+            base[b, p : p + it.split.num_states] = torch.tensor(it.base)
+    rewards = torch.tensor([it.reward for it in items], dtype=torch.float32)
+    out = {"input_ids": input_ids, "attention_mask": attention, "states": states,
+           "base": base, "rewards": last_state_rewards(rewards, states)}
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _values(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    v = model(batch["input_ids"], batch["attention_mask"]).float()  # (B, T)
+    return v + batch["base"]  # base is 0 unless residual
+
+
+def _get_lr(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over `warmup_steps` optimizer steps, then constant."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+def _build_model(cfg: TrainConfig, model: Any | None) -> Any:
+    if model is None:
+        from .value_model import ValueModel
+
+        kwargs: dict[str, Any] = {"device": cfg.device}
+        if cfg.num_layers is not None:
+            kwargs["num_layers"] = cfg.num_layers
+        model = ValueModel.from_backbone(cfg.backbone, **kwargs)
+    elif cfg.device is not None:
+        model.to(cfg.device)
+    if cfg.freeze_backbone:
+        for p in _backbone(model).parameters():
+            p.requires_grad_(False)
+    elif cfg.lora_r > 0:
+        _add_lora(model, cfg)
+    return model
+
+
+def _backbone(model: Any) -> torch.nn.Module:
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, torch.nn.Module):
+        raise ConfigError("this value model exposes no `backbone` module to freeze or adapt")
+    return backbone
+
+
+def _add_lora(model: Any, cfg: TrainConfig) -> None:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:
+        raise ConfigError("lora_r > 0 needs peft: pip install 'vas-api[lora]'") from exc
+    targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                      target_modules=targets)
+    try:
+        model.backbone = get_peft_model(_backbone(model), lora)
+    except ValueError as exc:  # peft: target modules not found
+        raise ConfigError(f"cannot add LoRA to this backbone: {exc}") from exc
+
+
+def _merge_lora(model: Any) -> None:
+    backbone = getattr(model, "backbone", None)
+    if hasattr(backbone, "merge_and_unload"):
+        model.backbone = backbone.merge_and_unload()
+
+
+# -- resumable state ------------------------------------------------------------------------------
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_state(
+    directory: Path, model: Any, optimizer: torch.optim.Optimizer, info: dict[str, Any]
+) -> None:
+    """Write the resumable state atomically (a crash mid-write keeps the previous one)."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {n: p.detach().contiguous().cpu() for n, p in _trainable(model).items()}
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    opt = optimizer.state_dict()
+    tensors = {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{idx}.{key}"] = t.detach().contiguous().cpu()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(
+        json.dumps({**info, "param_groups": opt["param_groups"]}, indent=1)
+    )
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_state(
+    directory: Path, model: Any, optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> dict[str, Any]:
+    try:
+        info = json.loads((directory / "state.json").read_text())
+        weights = load_file(str(directory / "trainable.safetensors"))
+        opt_tensors = load_file(str(directory / "optimizer.safetensors"))
+    except (OSError, ValueError, SafetensorError) as exc:  # JSONDecodeError is a ValueError
+        raise CheckpointError(
+            f"cannot resume from {directory}: {exc}; delete it or pass resume=False"
+        ) from exc
+    saved = info.get("config", {})
+    changed = [
+        f.name for f in fields(TrainConfig)
+        if f.name not in _RESUMABLE_CHANGES and saved.get(f.name) != getattr(cfg, f.name)
+    ]
+    if changed:
+        raise ConfigError(
+            f"{directory} holds a run with different settings ({', '.join(changed)}); use "
+            "another output dir, or resume=False (--no-resume) to start over"
+        )
+    params = _trainable(model)
+    if set(weights) != set(params):
+        raise CheckpointError(f"{directory} does not match this model's trainable parameters")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name].to(p.device, p.dtype))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in opt_tensors.items():
+        idx, _, name = key.partition(".")
+        state.setdefault(int(idx), {})[name] = t
+    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    return info
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+
+def train(
+    cfg: TrainConfig, *, model: Any | None = None, resume: bool = True, progress: bool = True
+) -> TrainResult:
+    """Train a value model with TD(lambda) and save it to `cfg.output_dir`.
+
+    Args:
+        cfg: the run's settings.
+        model: a ValueModel to train (tests pass a tiny one); None builds it from cfg.
+        resume: continue from `output_dir/train_state` when it exists.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A TrainResult with the trained model (already saved) and its validation metrics.
+
+    Raises:
+        ConfigError: bad settings, or a resumable state from different settings.
+        DataError: unreadable data, or no trainable sample.
+        RewardError: the reward failed on a sample.
+        CheckpointError: a corrupt resumable state.
+    """
+    cfg.check()
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    read = read_samples(cfg.data)
+    samples = score_samples(read.samples, cfg.reward)
+    train_samples, val_samples = split_by_prompt(samples, cfg.heldout_fraction, cfg.seed)
+    if not train_samples:
+        raise DataError(f"no training samples in {cfg.data}")
+
+    model = _build_model(cfg, model)
+    device = next(model.parameters()).device
+    tokenizer = model.tokenizer
+    baseline = PrefixRewardValue(cfg.reward or "vader", cfg.prompt_marker) if cfg.residual else None
+    if cfg.residual and cfg.reward is None:
+        raise ConfigError("a residual model needs a reward spec (its baseline)")
+    items, too_long = _encode(train_samples, tokenizer, cfg, baseline)
+    if not items:
+        raise DataError(f"no sample fits in max_length={cfg.max_length} tokens")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    params = list(_trainable(model).values())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out = Path(cfg.output_dir)
+    state_dir = out / "train_state"
+    done_batches, history = 0, []
+    if resume and (state_dir / "state.json").exists():
+        info = _load_state(state_dir, model, optimizer, cfg)
+        done_batches, history = int(info["batches"]), list(info.get("history", []))
+
+    batches_per_pass = math.ceil(len(items) / cfg.batch_size)
+    total = batches_per_pass * cfg.passes
+    micro = cfg.batch_size // cfg.grad_accum
+    value_fn = ResidualValueModel(model, baseline) if baseline is not None else model
+    bar = _progress(total, done_batches, progress)
+    model.eval()  # dropout off, as in the authors' code; gradients still flow
+    metrics: dict[str, float] = {}
+    batch_index = done_batches
+    try:
+        while batch_index < total:
+            pass_no, in_pass = divmod(batch_index, batches_per_pass)
+            order = list(range(len(items)))
+            random.Random(cfg.seed * 1000 + pass_no).shuffle(order)
+            chunk = order[in_pass * cfg.batch_size : (in_pass + 1) * cfg.batch_size]
+            parts = [
+                _collate([items[i] for i in chunk[j : j + micro]], pad_id, device)
+                for j in range(0, len(chunk), micro)
+            ]
+            with torch.no_grad():
+                for part in parts:
+                    part["returns"] = td_lambda_returns(
+                        part["rewards"], _values(model, part), part["states"], cfg.gamma, cfg.lam
+                    )
+            losses = []
+            for epoch in range(cfg.epochs_per_batch):
+                step = batch_index * cfg.epochs_per_batch + epoch
+                for group in optimizer.param_groups:
+                    group["lr"] = _get_lr(step, cfg)
+                total_loss = 0.0
+                for part in parts:
+                    # Weight micro-batches by their share of states so the sum is the batch mean.
+                    share = part["states"].sum() / sum(p["states"].sum() for p in parts)
+                    loss = value_loss(_values(model, part), part["returns"], part["states"])
+                    (loss * share).backward()
+                    total_loss += float(loss.detach()) * float(share)
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(total_loss)
+            batch_index += 1
+            history.append({"batch": batch_index, "loss_first_epoch": losses[0],
+                            "loss_last_epoch": losses[-1]})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[0]:.4f}")
+            end_of_pass = batch_index % batches_per_pass == 0
+            if val_samples and ((cfg.eval_every and batch_index % cfg.eval_every == 0)
+                                or end_of_pass):
+                metrics = evaluate_value(value_fn, val_samples, tokenizer)
+                history.append({"batch": batch_index, "val": metrics})
+                if bar is not None:
+                    bar.write(f"batch {batch_index}: val spearman@0.5 {metrics['spearman']:.3f}, "
+                              f"mse@0.5 {metrics['mse']:.4f}")
+            if batch_index % max(1, cfg.save_every) == 0 or batch_index == total:
+                _save_state(state_dir, model, optimizer,
+                            {"batches": batch_index, "config": asdict(cfg), "history": history})
+    finally:
+        if bar is not None:
+            bar.close()
+    if val_samples and not metrics:
+        metrics = evaluate_value(value_fn, val_samples, tokenizer)
+    seconds = time.perf_counter() - started
+
+    _merge_lora(model)
+    base_models = sorted({s.model for s in samples if s.model})
+    model.config.metadata.update({
+        "reward": cfg.reward if cfg.reward is not None else "stored rewards",
+        "base_model": cfg.base_model or ", ".join(base_models),
+        "training": {
+            "algorithm": f"TD(lambda={cfg.lam}), gamma={cfg.gamma}",
+            "config": asdict(cfg),
+            "batches": batch_index,
+            "optimizer_steps": batch_index * cfg.epochs_per_batch,
+            "train_samples": len(items),
+            "train_prompts": len({prompt_key(s.prompt) for s in train_samples}),
+            "val_samples": len(val_samples),
+            "val_prompts": len({prompt_key(s.prompt) for s in val_samples}),
+            "skipped_lines": len(read.skipped),
+            "too_long": too_long,
+            "seconds_this_run": round(seconds, 1),
+            "final_loss": history[-1].get("loss_first_epoch") if history else None,
+            "val": metrics,
+        },
+    })
+    out.mkdir(parents=True, exist_ok=True)
+    value_fn = ResidualValueModel(model, baseline) if baseline is not None else model
+    value_fn.save(out)
+    return TrainResult(value_fn, metrics, history, seconds, batch_index)
+
+
+def _progress(total: int, initial: int, enabled: bool):  # -> tqdm | None
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="batch", desc="train", dynamic_ncols=True)
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from a dict (e.g. a JSON file), refusing unknown keys."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+    return TrainConfig(**values)

@@ -1,0 +1,201 @@
+"""TD(lambda) training on a tiny random value model: it learns, resumes, and saves cleanly."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from estimators.baselines import (  # noqa: E402
+    PrefixRewardValue,
+    ResidualValueModel,
+    load_value_function,
+)
+from estimators.data import Sample, read_samples, write_samples  # noqa: E402
+from estimators.evaluate import evaluate_value, spearman  # noqa: E402
+from estimators.states import split_states  # noqa: E402
+from estimators.train import TrainConfig, score_samples, split_by_prompt, train  # noqa: E402
+from estimators.value_model import ValueModel  # noqa: E402
+from vas_api.errors import CheckpointError, ConfigError, DataError  # noqa: E402
+
+TOKENIZER_DIR = Path(__file__).parent / "data" / "tiny_tokenizer"
+PHRASES = ["I love this movie.", "It was wonderful!", "I hate this.", "It was terrible.",
+           "The dog ran to the park.", "hello world"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two
+    # threads contend with other processes (10x slower forwards were measured).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny_model(seed: int = 0) -> ValueModel:
+    from transformers import AutoTokenizer, LlamaConfig
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=520, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )
+    return ValueModel.from_config(config, AutoTokenizer.from_pretrained(str(TOKENIZER_DIR)))
+
+
+def chat(prompt: str) -> str:
+    return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    rng = random.Random(0)
+    rows = []
+    for p in range(6):
+        prompt = f"Write story {p}."
+        for _ in range(6):
+            completion = " ".join(rng.choice(PHRASES) for _ in range(2))
+            rows.append(Sample(prompt, chat(prompt), completion, "stop", "fake-model"))
+    path = tmp_path_factory.mktemp("data") / "samples.jsonl"
+    write_samples(path, rows)
+    return path
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), output_dir=str(out), lr=3e-3, batch_size=6, epochs_per_batch=2,
+                warmup_steps=0, heldout_fraction=0.0, save_every=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def _mc_loss(model, samples) -> float:
+    """0.5 * MSE of V at every state against the final reward (the Monte Carlo target)."""
+    total, count = 0.0, 0
+    for s in samples:
+        split = split_states(model.tokenizer, s.prompt_text, s.completion)
+        ids = torch.tensor([split.input_ids])
+        with torch.no_grad():
+            v = model(ids, torch.ones_like(ids))[0, split.prompt_state :]
+        total += float(((v - s.reward) ** 2).sum())
+        count += len(v)
+    return 0.5 * total / count
+
+
+def test_training_lowers_the_loss_and_changes_every_trained_parameter(data, tmp_path):
+    model = tiny_model()
+    samples = score_samples(read_samples(data).samples, "vader")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss_before = _mc_loss(model, samples)
+    result = train(_cfg(data, tmp_path / "ck", passes=3), model=model, progress=False)
+    assert _mc_loss(result.model, samples) < 0.7 * loss_before
+    unchanged = [n for n, p in result.model.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == []
+    # The saved checkpoint is a plain ValueModel with the training stats in its metadata.
+    loaded = load_value_function(tmp_path / "ck")
+    assert isinstance(loaded, ValueModel)
+    meta = loaded.config.metadata
+    assert meta["reward"] == "vader" and meta["base_model"] == "fake-model"
+    assert meta["training"]["batches"] == 18 and meta["training"]["optimizer_steps"] == 36
+    texts = [s.text for s in samples[:4]]
+    torch.testing.assert_close(loaded.values(texts), result.model.values(texts))
+
+
+def test_resuming_continues_where_it_stopped(data, tmp_path):
+    straight = train(_cfg(data, tmp_path / "a", passes=2), model=tiny_model(), progress=False)
+    train(_cfg(data, tmp_path / "b", passes=1), model=tiny_model(), progress=False)
+    resumed = train(_cfg(data, tmp_path / "b", passes=2), model=tiny_model(), progress=False)
+    assert resumed.batches == straight.batches == 12
+    for (name, p), q in zip(straight.model.named_parameters(), resumed.model.parameters(),
+                            strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+    # Same output dir, different settings: refused instead of silently mixing runs.
+    with pytest.raises(ConfigError, match="lr"):
+        train(_cfg(data, tmp_path / "b", passes=2, lr=1e-2), model=tiny_model(), progress=False)
+
+
+def test_corrupt_resume_state_is_a_clear_error(data, tmp_path):
+    train(_cfg(data, tmp_path / "c", passes=1), model=tiny_model(), progress=False)
+    (tmp_path / "c" / "train_state" / "optimizer.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot resume"):
+        train(_cfg(data, tmp_path / "c", passes=2), model=tiny_model(), progress=False)
+
+
+def test_frozen_backbone_trains_only_the_head(data, tmp_path):
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(_cfg(data, tmp_path / "f", freeze_backbone=True), model=model, progress=False)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"head.weight", "head.bias"}
+
+
+def test_lora_is_merged_into_a_plain_checkpoint(data, tmp_path):
+    pytest.importorskip("peft")
+    result = train(_cfg(data, tmp_path / "l", lora_r=2, passes=2), model=tiny_model(),
+                   progress=False)
+    assert not any("lora" in n for n, _ in result.model.named_parameters())
+    loaded = ValueModel.load(tmp_path / "l")
+    texts = [chat("Write story 0.") + "I love this movie."]
+    torch.testing.assert_close(loaded.values(texts), result.model.values(texts))
+    assert float(loaded.values(texts)[0]) != 0.0
+
+
+def test_residual_model_starts_at_the_baseline_and_round_trips(data, tmp_path):
+    baseline = PrefixRewardValue("vader")
+    texts = [chat("Hi.") + "I love it", chat("Hi.") + "I hate it", chat("Hi.")]
+    fresh = ResidualValueModel(tiny_model(), baseline)
+    torch.testing.assert_close(fresh.values(texts), torch.tensor(baseline.values(texts)))
+    torch.testing.assert_close(
+        fresh.score_candidates(chat("Hi.") + "I", [" love", " hate"]),
+        torch.tensor(baseline.score_candidates(chat("Hi.") + "I", [" love", " hate"])),
+    )
+    result = train(_cfg(data, tmp_path / "r", residual=True, passes=2), model=tiny_model(),
+                   progress=False)
+    loaded = load_value_function(tmp_path / "r")
+    assert isinstance(loaded, ResidualValueModel)
+    assert loaded.baseline.reward.description == "vader"
+    torch.testing.assert_close(loaded.values(texts), result.model.values(texts))
+
+
+def test_validation_split_is_by_prompt_and_metrics_are_reported(data, tmp_path):
+    samples = read_samples(data).samples
+    train_s, val_s = split_by_prompt(samples, 0.34, seed=0)
+    assert not {s.prompt for s in train_s} & {s.prompt for s in val_s}
+    assert len({s.prompt for s in val_s}) == 2
+    result = train(_cfg(data, tmp_path / "v", heldout_fraction=0.34), model=tiny_model(),
+                   progress=False)
+    assert {"mse", "spearman", "mse@1", "spearman@0"} <= set(result.metrics)
+    assert result.metrics["n"] == 12
+
+
+def test_prefix_baseline_is_exact_on_finished_texts(data):
+    samples = score_samples(read_samples(data).samples, "vader")
+    metrics = evaluate_value(PrefixRewardValue("vader"), samples, tiny_model().tokenizer)
+    assert metrics["mse@1"] == pytest.approx(0.0) and metrics["spearman@1"] == pytest.approx(1.0)
+
+
+def test_spearman_matches_scipy_with_ties():
+    stats = pytest.importorskip("scipy.stats")
+    rng = random.Random(1)
+    x = [rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in range(50)]
+    y = [v + rng.gauss(0, 0.5) if i % 3 else 0.0 for i, v in enumerate(x)]
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+
+
+def test_bad_inputs(data, tmp_path):
+    with pytest.raises(ConfigError, match="batch_size"):
+        train(_cfg(data, tmp_path / "x", batch_size=5, grad_accum=2), model=tiny_model())
+    with pytest.raises(DataError, match="does not exist"):
+        train(_cfg(tmp_path / "missing.jsonl", tmp_path / "x"), model=tiny_model())
+    with pytest.raises(DataError, match="no stored reward"):
+        train(_cfg(data, tmp_path / "x", reward=None), model=tiny_model())
+    for where in (tmp_path / "nothing-here", data.parent):
+        with pytest.raises(CheckpointError):
+            load_value_function(where)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError):
+        load_value_function(tmp_path / "broken")
