@@ -99,3 +99,16 @@ def test_bad_lines_in_an_existing_file_are_counted(tmp_path):
     summary = collect(_provider(), PROMPTS[:1], out, n=1, max_tokens=3, progress=False)
     assert summary.skipped_lines == 2 and summary.written == 1
     assert "2 bad lines skipped" in summary.line()
+
+
+@pytest.mark.integration
+def test_collect_from_the_local_server_resumes(provider, tmp_path):
+    out = tmp_path / "real.jsonl"
+    prompts = [as_prompt("Write a short review of a toaster."), as_prompt("Say hello.")]
+    first = collect(provider, prompts, out, n=2, max_tokens=8, progress=False)
+    assert first.written == 4 and first.usage.completion_tokens > 0
+    rows = read_samples(out).samples
+    assert all(r.prompt_text.endswith("<|im_start|>assistant\n") for r in rows)
+    assert all(r.completion and r.model == provider.model for r in rows)
+    again = collect(provider, prompts, out, n=3, max_tokens=8, progress=False)
+    assert again.already_present == 4 and again.written == 2

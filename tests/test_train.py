@@ -199,3 +199,54 @@ def test_bad_inputs(data, tmp_path):
     (tmp_path / "broken" / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError):
         load_value_function(tmp_path / "broken")
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone_dir(tmp_path_factory) -> Path:
+    """A tiny random backbone saved as an HF model directory, loadable as --backbone."""
+    model = tiny_model()
+    path = tmp_path_factory.mktemp("backbone")
+    model.backbone.save_pretrained(path)
+    model.tokenizer.save_pretrained(path)
+    return path
+
+
+def _invoke(*args: str):
+    from typer.testing import CliRunner
+
+    from vas_api.cli import _register, app
+
+    _register()
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_train_then_eval(data, tiny_backbone_dir, tmp_path):
+    out = tmp_path / "ck"
+    result = _invoke("train", str(data), "--out", str(out), "--backbone", str(tiny_backbone_dir),
+                     "--layers", "1", "--lr", "0.003", "--batch-size", "6", "--device", "cpu",
+                     "--heldout-fraction", "0.34")
+    assert result.exit_code == 0, result.output
+    assert "validation: spearman@0.5" in result.output
+    assert ValueModel.load(out).config.num_layers == 1
+    report = tmp_path / "metrics.json"
+    result = _invoke("eval-value", str(data), "--model", str(out), "--baseline", "vader",
+                     "--json", str(report))
+    assert result.exit_code == 0, result.output
+    import json
+
+    metrics = json.loads(report.read_text())
+    assert set(metrics) == {str(out), "prefix:vader"}
+    assert metrics["prefix:vader"]["spearman@1"] == pytest.approx(1.0)
+
+
+def test_cli_eval_of_a_missing_or_corrupt_checkpoint_is_a_clear_error(data, tmp_path):
+    result = _invoke("eval-value", str(data), "--model", str(tmp_path / "nope"))
+    assert isinstance(result.exception, CheckpointError)
+    assert "nope" in str(result.exception)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("[]")
+    result = _invoke("eval-value", str(data), "--model", str(tmp_path / "bad"))
+    assert isinstance(result.exception, CheckpointError)
