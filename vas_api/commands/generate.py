@@ -28,18 +28,27 @@ def value_functions(specs: list[str]) -> list:
     return out
 
 
-def open_client(stack: ExitStack, base_url: str | None, api_key_env: str, local: bool, is_async: bool = False):
-    """An openai client for --base-url, or for the embedded local server (started in `stack`)."""
-    if local or not base_url:
+def local_options(server) -> dict:
+    """wrap() options for the embedded server: its known profile and the GGUF's chat template."""
+    from ..local import find_smollm2_gguf
+
+    return {"profile": server.profile, "chat_template": str(server.gguf_path or find_smollm2_gguf())}
+
+
+def open_client(stack: ExitStack, base_url: str | None, api_key_env: str, is_async: bool = False):
+    """(openai client, model or None, wrap options) for --base-url, or for the embedded local
+    server when no base URL is given (started inside `stack`, stopped when it closes)."""
+    if not base_url:
         from ..local import LocalServer
 
         server = stack.enter_context(LocalServer())
-        return (server.async_client() if is_async else server.client()), server.model
+        client = server.async_client() if is_async else server.client()
+        return client, server.model, local_options(server)
     import openai
 
     key = os.environ.get(api_key_env) or "not-needed"  # local servers accept any key
     cls = openai.AsyncOpenAI if is_async else openai.OpenAI
-    return cls(base_url=base_url, api_key=key), None
+    return cls(base_url=base_url, api_key=key), None, {}
 
 
 @app.command("generate")
@@ -74,11 +83,11 @@ def generate(
     values = value_functions(value or [])
     betas = list(beta or [1.0])
     with ExitStack() as stack:
-        client, local_model = open_client(stack, base_url, api_key_env, local=False)
+        client, local_model, options = open_client(stack, base_url, api_key_env)
         model = model or local_model
         if not model:
             raise ConfigError("--model is required with --base-url.")
-        vas = vas_api.wrap(client)
+        vas = vas_api.wrap(client, **options)
         opts = dict(value_model=values, beta=betas if len(betas) > 1 else betas[0], k=k, mode=mode,
                     max_tokens=max_tokens, temperature=temperature, seed=seed)
         if chat is None:
