@@ -20,7 +20,7 @@ def local_server(
     port: Annotated[int | None, typer.Option(help="Port to listen on (default: a free one).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     n_ctx: Annotated[int, typer.Option(help="Context length in tokens.")] = 2048,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads (1 is fastest on a busy machine).")] = 1,
 ) -> None:
     """Start the local OpenAI-compatible llama.cpp server and print its base URL and model."""
     from ..local import LocalServer

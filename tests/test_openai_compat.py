@@ -1,0 +1,409 @@
+"""The OpenAI-compatible provider without a server: requests and replies mocked with respx.
+
+Covers the paths no local server can exercise (vLLM's chat_continue, OpenAI hosted chat) and
+every bad-input error, with the real openai SDK doing the HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import respx
+
+from vas_api.errors import (
+    CapabilityError,
+    ConfigError,
+    ModelNotFoundError,
+    NoLogprobsError,
+    ProviderConnectionError,
+    ProviderError,
+)
+from vas_api.profiles import (
+    LLAMA_CPP_PYTHON,
+    OPENAI_CHAT,
+    OPENAI_COMPLETIONS,
+    VLLM,
+    cache_key,
+    cached_profile,
+    clear_memory_cache,
+    probe_profile,
+    store_profile,
+)
+from vas_api.providers import (
+    AsyncOpenAICompatProvider,
+    OpenAICompatProvider,
+    aconnect,
+    connect,
+)
+from vas_api.types import AsyncProvider, Prefix, Provider
+
+DATA = Path(__file__).parent / "data"
+BASE = "http://mock.test/v1"
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def sync_client(base: str = BASE) -> openai.OpenAI:
+    # A legacy httpx client so respx can intercept (the SDK's default transport is httpx2).
+    return openai.OpenAI(base_url=base, api_key="sk-test", max_retries=0, http_client=httpx.Client())
+
+
+def async_client(base: str = BASE) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=base, api_key="sk-test", max_retries=0, http_client=httpx.AsyncClient()
+    )
+
+
+def completion(tokens, tops, *, finish="length", text=None, usage=(10, None, 0)) -> dict:
+    """A legacy-shape /v1/completions body."""
+    text = "".join(tokens) if text is None else text
+    offsets, pos = [], 0
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    prompt, completion_tokens, cached = usage
+    body = {
+        "id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+        "choices": [{
+            "index": 0, "text": text, "finish_reason": finish,
+            "logprobs": {
+                "tokens": tokens, "text_offset": offsets,
+                "token_logprobs": [tops[i].get(t, -7.0) for i, t in enumerate(tokens)],
+                "top_logprobs": tops,
+            },
+        }],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": len(tokens) if completion_tokens is None else completion_tokens,
+            "total_tokens": prompt + len(tokens),
+            "prompt_tokens_details": {"cached_tokens": cached},
+        },
+    }
+    return body
+
+
+def body_of(route) -> dict:
+    return json.loads(route.calls.last.request.content)
+
+
+# -- request building ---------------------------------------------------------------------------
+
+
+@respx.mock(base_url=BASE)
+def test_draft_sends_neutral_llama_samplers(respx_mock):
+    route = respx_mock.post("/completions").respond(
+        200, json=completion([" a", " b"], [{" a": -0.5, " c": -1.0}, {" b": -0.1}])
+    )
+    p = OpenAICompatProvider(sync_client(), "m", profile=LLAMA_CPP_PYTHON, chat_template=TEMPLATE)
+    d = p.draft(Prefix("Hello", " there"), m=2, k=2)
+    sent = body_of(route)
+    assert sent["prompt"] == "Hello there" and sent["max_tokens"] == 2 and sent["logprobs"] == 2
+    assert sent["temperature"] == 1.0 and sent["top_p"] == 1.0
+    assert sent["top_k"] == 0 and sent["min_p"] == 0.0 and sent["repeat_penalty"] == 1.0
+    assert sent["typical_p"] == 1.0 and sent["mirostat_mode"] == 0
+    assert sent["presence_penalty"] == 0.0 and sent["frequency_penalty"] == 0.0
+    assert "n" not in sent
+    assert len(d.positions) == 2 and d.text == " a b"
+    assert d.usage.calls == 1 and d.usage.completion_tokens == 2
+
+    p.draft(Prefix("Hello"), m=2, k=3, restrict_top_k=True)
+    assert body_of(route)["top_k"] == 3
+
+
+@respx.mock(base_url=BASE)
+def test_candidates_chat_prompt_rendered_and_min_tokens(respx_mock):
+    route = respx_mock.post("/completions").respond(
+        200, json=completion([" x"], [{"": -0.2, " x": -2.0}], usage=(30, 1, 12))
+    )
+    p = OpenAICompatProvider(sync_client(), "m", profile=LLAMA_CPP_PYTHON, chat_template=TEMPLATE)
+    msgs = [{"role": "user", "content": "hi"}]
+    d = p.candidates(Prefix(msgs, "Hey"), k=5)
+    sent = body_of(route)
+    assert sent["prompt"] == "<|user|>hi<|end|>\n<|assistant|>Hey"
+    assert sent["max_tokens"] == 1 and sent["logprobs"] == 5 and sent["min_tokens"] == 1
+    (pos,) = d.positions
+    assert pos.candidates[0].special and pos.candidates[0].logprob == -0.2
+    assert (d.usage.prompt_tokens, d.usage.cached_tokens, d.usage.calls) == (30, 12, 1)
+
+
+@respx.mock(base_url=BASE)
+def test_candidates_asks_again_when_eos_was_sampled_unreported(respx_mock):
+    stopped = completion([], [], finish="stop", usage=(30, 0, 0))
+    ok = completion([" y"], [{" y": -0.3, "": -1.4}], usage=(30, 1, 0))
+    route = respx_mock.post("/completions").mock(
+        side_effect=[httpx.Response(200, json=stopped), httpx.Response(200, json=ok)]
+    )
+    profile = OPENAI_COMPLETIONS  # no min_tokens support assumed
+    p = OpenAICompatProvider(sync_client(), "m", profile=profile)
+    d = p.candidates(Prefix("Hi"), k=2)
+    assert route.call_count == 2 and d.usage.calls == 2
+    assert [c.raw for c in d.positions[0].candidates] == [b" y", b""]
+    assert body_of(route)["seed"] != json.loads(route.calls[0].request.content).get("seed")
+
+
+@respx.mock(base_url=BASE)
+def test_candidates_every_try_stopped_gives_eos_only(respx_mock):
+    stopped = completion([], [], finish="stop", usage=(30, 0, 0))
+    route = respx_mock.post("/completions").respond(200, json=stopped)
+    p = OpenAICompatProvider(sync_client(), "m", profile=OPENAI_COMPLETIONS)
+    d = p.candidates(Prefix("Hi"), k=2)
+    assert route.call_count == 3 and d.usage.calls == 3 and d.finish_reason == "stop"
+    (pos,) = d.positions
+    assert [c.special for c in pos.candidates] == [True] and pos.sampled.special
+
+
+@respx.mock(base_url=BASE)
+def test_sample_n_calls_without_n_param_and_one_call_with(respx_mock):
+    body = completion([" ok"], [{" ok": -0.1}])
+    body["choices"][0]["logprobs"] = None
+    route = respx_mock.post("/completions").respond(200, json=body)
+    p = OpenAICompatProvider(sync_client(), "m", profile=LLAMA_CPP_PYTHON)
+    s = p.sample(Prefix("Hi"), n=3, max_tokens=4, seed=7, stop=["\n"])
+    assert route.call_count == 3 and s.usage.calls == 3 and len(s.completions) == 3
+    seeds = [json.loads(c.request.content)["seed"] for c in route.calls]
+    assert seeds == [7, 8, 9]
+    assert json.loads(route.calls[0].request.content)["stop"] == ["\n"]
+
+    route.reset()
+    body["choices"] = [dict(body["choices"][0], index=i) for i in range(3)]
+    route.respond(200, json=body)
+    q = OpenAICompatProvider(sync_client(), "m", profile=VLLM)
+    s = q.sample(Prefix("Hi"), n=3, max_tokens=4)
+    assert route.call_count == 1 and body_of(route)["n"] == 3 and len(s.completions) == 3
+    assert body_of(route)["top_k"] == -1 and body_of(route)["repetition_penalty"] == 1.0
+
+
+# -- chat_continue (vLLM / SGLang / TGI) -------------------------------------------------------
+
+
+@respx.mock(base_url=BASE)
+def test_chat_continue_request_and_chat_shape(respx_mock):
+    route = respx_mock.post("/chat/completions").respond(
+        200, json=json.loads((DATA / "vllm_chat_continue.json").read_text())
+    )
+    p = OpenAICompatProvider(sync_client(), "Qwen", profile=VLLM)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    d = p.draft(Prefix(msgs, "Hello"), m=4, k=3, restrict_top_k=True)
+    sent = body_of(route)
+    assert sent["messages"] == [*msgs, {"role": "assistant", "content": "Hello"}]
+    assert sent["continue_final_message"] is True and sent["add_generation_prompt"] is False
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 3 and sent["max_tokens"] == 4
+    assert sent["top_k"] == 3 and sent["temperature"] == 1.0 and sent["top_p"] == 1.0
+    assert d.finish_reason == "stop" and len(d.positions) == 3
+    assert d.positions[-1].sampled.special and d.text == " there!"
+
+
+@respx.mock(base_url=BASE)
+def test_chat_continue_first_token_and_string_prompts(respx_mock):
+    chat = respx_mock.post("/chat/completions").respond(
+        200, json=json.loads((DATA / "vllm_chat_continue.json").read_text())
+    )
+    comp = respx_mock.post("/completions").respond(200, json=completion([" a"], [{" a": -0.1}]))
+    p = OpenAICompatProvider(sync_client(), "Qwen", profile=VLLM)
+    p.candidates(Prefix([{"role": "user", "content": "Hi"}]), k=3)
+    sent = body_of(chat)
+    assert sent["messages"] == [{"role": "user", "content": "Hi"}]
+    assert "continue_final_message" not in sent  # nothing to continue yet
+    p.candidates(Prefix("raw text", " more"), k=3)
+    assert body_of(comp)["prompt"] == "raw text more"
+
+
+async def test_async_chat_continue_same_as_sync():
+    payload = json.loads((DATA / "vllm_chat_continue.json").read_text())
+    msgs = [{"role": "user", "content": "Hi"}]
+    with respx.mock(base_url=BASE) as mock:
+        mock.post("/chat/completions").respond(200, json=payload)
+        sync_draft = OpenAICompatProvider(sync_client(), "Q", profile=VLLM).draft(
+            Prefix(msgs, "Hello"), m=4, k=3
+        )
+        ap = AsyncOpenAICompatProvider(async_client(), "Q", profile=VLLM)
+        async_draft = await ap.draft(Prefix(msgs, "Hello"), m=4, k=3)
+    assert async_draft == sync_draft
+
+
+# -- OpenAI hosted chat: no continuation ---------------------------------------------------------
+
+
+@respx.mock(base_url=BASE)
+def test_openai_chat_first_token_works_continuation_refused(respx_mock):
+    route = respx_mock.post("/chat/completions").respond(
+        200, json=json.loads((DATA / "openai_chat_logprobs.json").read_text())
+    )
+    p = OpenAICompatProvider(sync_client(), "gpt-4o-mini", profile=OPENAI_CHAT)
+    d = p.draft(Prefix([{"role": "user", "content": "Hi"}]), m=4, k=3)
+    assert body_of(route)["max_completion_tokens"] == 4
+    assert "top_k" not in body_of(route)
+    assert len(d.positions) == 4 and d.usage.cached_tokens == 8
+    with pytest.raises(CapabilityError) as err:
+        p.candidates(Prefix([{"role": "user", "content": "Hi"}], "Caf"), k=3)
+    assert "rerank" in str(err.value)
+    with pytest.raises(CapabilityError, match="top_k"):
+        p.draft(Prefix([{"role": "user", "content": "Hi"}]), m=2, k=3, restrict_top_k=True)
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def test_unreachable_base_url():
+    with socket_port() as port:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+    p = OpenAICompatProvider(client, "m", profile=LLAMA_CPP_PYTHON)
+    with pytest.raises(ProviderConnectionError, match="vas local-server"):
+        p.candidates(Prefix("Hi"), k=2)
+    with pytest.raises(ProviderConnectionError, match="base_url"):
+        probe_profile(client, "m", refresh=True, cache=False)
+
+
+@respx.mock(base_url=BASE)
+def test_unknown_model_lists_available(respx_mock):
+    respx_mock.get("/models").respond(
+        200, json={"object": "list", "data": [
+            {"id": "llama-3", "object": "model", "created": 0, "owned_by": "vllm"},
+            {"id": "qwen", "object": "model", "created": 0, "owned_by": "vllm"},
+        ]},
+    )
+    respx_mock.post("/completions").respond(
+        404, json={"error": {"message": "The model `nope` does not exist.", "code": 404}}
+    )
+    with pytest.raises(ModelNotFoundError) as err:
+        probe_profile(sync_client(), "nope", refresh=True, cache=False)
+    assert err.value.available == ["llama-3", "qwen"] and "llama-3, qwen" in str(err.value)
+    p = OpenAICompatProvider(sync_client(), "nope", profile=VLLM)
+    with pytest.raises(ModelNotFoundError, match="qwen"):
+        p.candidates(Prefix("Hi"), k=2)
+
+
+def test_k_above_max_names_the_max():
+    p = OpenAICompatProvider(sync_client(), "gpt-3.5-turbo-instruct", profile=OPENAI_COMPLETIONS)
+    with pytest.raises(CapabilityError, match="maximum top-k is 5"):
+        p.candidates(Prefix("Hi"), k=6)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError):
+            p.candidates(Prefix("Hi"), k=bad)
+
+
+def test_empty_and_malformed_prompts():
+    p = OpenAICompatProvider(sync_client(), "m", profile=LLAMA_CPP_PYTHON, chat_template=TEMPLATE)
+    for bad in ("", [], [{"content": "no role"}], None):
+        with pytest.raises(ConfigError):
+            p.candidates(Prefix(bad), k=2)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="m must be"):
+        p.draft(Prefix("Hi"), m=0, k=2)
+    with pytest.raises(ConfigError, match="n must be"):
+        p.sample(Prefix("Hi"), n=0, max_tokens=3)
+    no_template = OpenAICompatProvider(sync_client(), "m", profile=LLAMA_CPP_PYTHON)
+    with pytest.raises(ConfigError, match="chat_template"):
+        no_template.candidates(Prefix([{"role": "user", "content": "hi"}]), k=2)
+
+
+@respx.mock(base_url=BASE)
+def test_response_without_logprobs(respx_mock):
+    body = completion([" a"], [{" a": -0.1}])
+    body["choices"][0]["logprobs"] = None
+    respx_mock.post("/completions").respond(200, json=body)
+    p = OpenAICompatProvider(sync_client(), "m", profile=LLAMA_CPP_PYTHON)
+    with pytest.raises(NoLogprobsError, match="no logprobs"):
+        p.candidates(Prefix("Hi"), k=2)
+
+
+@respx.mock(base_url=BASE)
+def test_server_rejection_is_a_provider_error(respx_mock):
+    respx_mock.post("/completions").respond(
+        400, json={"error": {"message": "Requested tokens (5000) exceed context window of 2048"}}
+    )
+    p = OpenAICompatProvider(sync_client(), "m", profile=LLAMA_CPP_PYTHON)
+    with pytest.raises(ProviderError, match="context window"):
+        p.candidates(Prefix("Hi"), k=2)
+
+
+def test_wrong_client_type():
+    with pytest.raises(ConfigError):
+        connect(object(), "m")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        OpenAICompatProvider(async_client(), "m", profile=VLLM)  # type: ignore[arg-type]
+
+
+# -- profiles: probe and cache -------------------------------------------------------------------
+
+
+@respx.mock(base_url=BASE)
+def test_probe_vllm_like_server_in_two_to_three_calls(respx_mock):
+    models = respx_mock.get("/models").respond(200, json={"object": "list", "data": [
+        {"id": "qwen", "object": "model", "created": 0, "owned_by": "vllm"}]})
+    tops = [{" upon": -0.1, " a": -2.0}, {" a": -0.2, " the": -1.9}]
+    ok = completion([" upon", " a"], tops)
+    ok["choices"].append(dict(ok["choices"][0], index=1))
+    comp = respx_mock.post("/completions").mock(side_effect=[
+        httpx.Response(400, json={"object": "error", "message":
+            "Requested sample logprobs of 64, which is greater than max allowed: 20"}),
+        httpx.Response(200, json=ok),
+    ])
+    profile = probe_profile(sync_client(), "qwen", refresh=True, cache=False)
+    assert models.call_count == 1 and comp.call_count == 2
+    assert profile.max_top_k == 20 and profile.n_param and profile.top_k_param
+    assert profile.continuation == "chat_continue" and profile.extra["sampler_dialect"] == "vllm"
+    assert json.loads(comp.calls.last.request.content)["logprobs"] == 20
+
+
+@respx.mock(base_url=BASE)
+def test_probe_chat_only_server(respx_mock):
+    respx_mock.get("/models").respond(200, json={"object": "list", "data": [
+        {"id": "chatty", "object": "model", "created": 0, "owned_by": "someone"}]})
+    respx_mock.post("/completions").respond(404, json={"error": {"message": "Not found"}})
+    respx_mock.post("/chat/completions").respond(
+        200, json=json.loads((DATA / "openai_chat_logprobs.json").read_text())
+    )
+    profile = probe_profile(sync_client(), "chatty", refresh=True, cache=False)
+    assert profile.logprob_shape == "chat" and profile.continuation == "none"
+    assert profile.max_top_k == 20 and profile.modes() == ["rerank"]
+
+
+def test_static_profiles_need_no_calls():
+    client = openai.OpenAI(api_key="sk-test", max_retries=0)
+    assert probe_profile(client, "gpt-4o-mini") == OPENAI_CHAT
+    assert probe_profile(client, "gpt-3.5-turbo-instruct") == OPENAI_COMPLETIONS
+
+
+def test_profile_cache_roundtrip_without_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAS_API_CACHE_DIR", str(tmp_path))
+    clear_memory_cache()
+    url = "https://user:secret@host.test:8443/v1/?api-key=sk-123"
+    key = cache_key(url, "m")
+    assert key == "https://host.test:8443/v1|m"
+    store_profile(url, "m", VLLM)
+    text = (tmp_path / "profiles.json").read_text()
+    assert "secret" not in text and "sk-123" not in text
+    clear_memory_cache()
+    assert cached_profile("https://host.test:8443/v1", "m") == VLLM
+    (tmp_path / "profiles.json").write_text("{not json")
+    clear_memory_cache()
+    assert cached_profile("https://host.test:8443/v1", "m") is None
+
+
+async def test_connect_picks_sync_or_async():
+    p = connect(sync_client(), "m", profile=VLLM)
+    a = connect(async_client(), "m", profile=VLLM)
+    assert isinstance(p, OpenAICompatProvider) and isinstance(p, Provider)
+    assert isinstance(a, AsyncOpenAICompatProvider) and isinstance(a, AsyncProvider)
+    b = await aconnect(async_client(), "m", profile=VLLM)
+    assert b.profile == VLLM
+
+
+class socket_port:
+    """A port that nothing listens on (bound, then released)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self._s = socket.socket()
+        self._s.bind(("127.0.0.1", 0))
+        return self._s.getsockname()[1]
+
+    def __exit__(self, *exc: object) -> None:
+        self._s.close()
