@@ -39,6 +39,9 @@ with room to spare and still learn a sentiment value)."""
 # chunks of _PREFILL_CHUNK before the tree forward, which keeps the tree's mask small.
 _MAX_TREE_TRUNK = 64
 _PREFILL_CHUNK = 512
+# A tree larger than this (e.g. long drafts with many candidates) is scored in parts, which
+# bounds the (N, P + N) mask and the attention scores on long prefixes.
+_MAX_TREE_NODES = 512
 
 
 @dataclass
@@ -381,7 +384,7 @@ class ValueModel(nn.Module):
             past_key_values=slot.kv,
             use_cache=True,
         )
-        return self.head(out.last_hidden_state)[0, :, 0].float()  # (N,)
+        return self.head(out.last_hidden_state)[0, :, 0].float().cpu()  # (N,)
 
     def _score_seqs(self, slot: _Slot, seqs: list[list[int]]) -> Tensor:
         """V at the last token of each full id sequence, over the slot's KV cache."""
@@ -389,6 +392,14 @@ class ValueModel(nn.Module):
             return torch.zeros(0)
         for s in seqs:
             self._check_length(len(s))
+        try:
+            return self._score_seqs_unchecked(slot, seqs)
+        except BaseException:
+            # A forward that stopped halfway may have appended to some layers only.
+            slot.kv, slot.kv_ids, slot.kv_values = None, [], None
+            raise
+
+    def _score_seqs_unchecked(self, slot: _Slot, seqs: list[list[int]]) -> Tensor:
         shared = min(len(s) for s in seqs)
         for s in seqs[1:]:
             shared = common_prefix_len(seqs[0][:shared], s[:shared])
@@ -413,6 +424,10 @@ class ValueModel(nn.Module):
 
         p = len(slot.kv_ids)
         tree = build_tree(seqs, p)
+        if len(tree) > _MAX_TREE_NODES and len(seqs) > 1:
+            half = len(seqs) // 2
+            first = self._score_seqs_unchecked(slot, seqs[:half])
+            return torch.cat([first, self._score_seqs_unchecked(slot, seqs[half:])])
         cached = slot.kv_values
         if len(tree):
             ids, pos, mask = tree.inputs(device=self.device, dtype=self.dtype)
@@ -423,9 +438,11 @@ class ValueModel(nn.Module):
             self._commit(slot, tree.tokens[: tree.trunk], v[: tree.trunk])
         else:
             v = torch.zeros(0)
-        out = torch.empty(len(seqs), dtype=torch.float32)
-        for i, (node, s) in enumerate(zip(tree.last, seqs, strict=True)):
-            out[i] = v[node] if node >= 0 else cached[len(s) - 1]
+        last = torch.tensor(tree.last, dtype=torch.long)  # (n,) node of each sequence's end
+        out = v[last.clamp(min=0)] if len(tree) else torch.zeros(len(seqs))
+        # Sequences that end inside the cache take the value stored for their last token.
+        for i in (last < 0).nonzero().flatten().tolist():
+            out[i] = cached[len(seqs[i]) - 1]
         return out
 
     @staticmethod

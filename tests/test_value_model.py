@@ -216,6 +216,23 @@ def test_weight_change_invalidates_cache():
     assert torch.allclose(got, full(m, [prefix + c for c in CANDS]), atol=ATOL)
 
 
+def test_failed_forward_does_not_corrupt_the_cache():
+    m = tiny_model()
+    prefix = PROMPT + "hello there"
+    m.score_candidates(prefix, CANDS)
+    layer = m.backbone.layers[1]
+
+    def boom(*a, **k):
+        raise RuntimeError("interrupted")
+
+    layer.forward = boom  # layer 0 will already have appended its keys and values
+    with pytest.raises(RuntimeError):
+        m.score_candidates(prefix + " wor", CANDS)
+    del layer.forward
+    got = m.score_candidates(prefix + " wor", CANDS)
+    assert torch.allclose(got, full(m, [prefix + " wor" + c for c in CANDS]), atol=ATOL)
+
+
 def test_long_fresh_prefix_is_prefilled_in_chunks():
     m = tiny_model()
     prefix = PROMPT + " ".join(["hello world, the happy dog ran to the park."] * 60)
@@ -271,6 +288,21 @@ def test_score_draft_is_one_forward_and_keeps_the_prefix_cached():
     got = m.score_candidates(nxt, CANDS)
     assert torch.allclose(got, full(m, [nxt + c for c in CANDS]), atol=ATOL)
     assert sum(counts) <= len(CANDS) * 3 + 8
+
+
+def test_big_draft_is_split_into_bounded_forwards(monkeypatch):
+    from estimators import value_model
+
+    monkeypatch.setattr(value_model, "_MAX_TREE_NODES", 16)
+    m = tiny_model()
+    counts = _count_forward_tokens(m)
+    prefix = PROMPT + "Sure, here is a story: "
+    got = m.score_draft(prefix, PATH, [CANDS] * len(PATH))
+    # The bound: 16 tree nodes, or a shared trunk of at most _MAX_TREE_TRUNK tokens.
+    assert len(counts) > 1 and max(counts) <= max(16, value_model._MAX_TREE_TRUNK)
+    for i, g in enumerate(got):
+        text = prefix + "".join(PATH[:i])
+        assert torch.allclose(g, full(m, [text + c for c in CANDS]), atol=ATOL), i
 
 
 def test_score_draft_checks_positions(model):
