@@ -250,3 +250,28 @@ def test_local_server_startup_errors(tmp_path):
         server.start()
     assert "Its last output" in str(err.value)
     assert not server.running
+
+
+def test_cli_local_server_prints_url_and_stops_on_ctrl_c():
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from vas_api.cli import main; main()", "local-server"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        base_url = proc.stdout.readline().split()[-1]  # blocks until the server is ready
+        model = proc.stdout.readline().split()[-1]
+        assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
+        listed = httpx.get(f"{base_url}/models", timeout=10).json()["data"]
+        assert [m["id"] for m in listed] == [model]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

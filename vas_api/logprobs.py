@@ -59,7 +59,10 @@ SENTINEL_LOGPROB = -9999.0
 DEFAULT_SPECIAL_TOKENS: frozenset[str] = frozenset(
     {
         "<|im_end|>",
+        "<|im_start|>",
         "<|endoftext|>",
+        "<|start_header_id|>",
+        "<start_of_turn>",
         "<|eot_id|>",
         "<|end_of_text|>",
         "<|end|>",
@@ -69,8 +72,9 @@ DEFAULT_SPECIAL_TOKENS: frozenset[str] = frozenset(
         "<eos>",
     }
 )
-"""End-of-sequence strings of common chat models, used when a server spells special tokens
-out as text (vLLM, llama-server). Providers add the chat template's own eos_token."""
+"""End-of-turn and turn-start control strings of common chat models, used when a server spells
+special tokens out as text (vLLM, llama-server, the exact local server). Either ends the
+assistant's response. Providers add the chat template's eos_token and control tokens."""
 
 _BYTES_PREFIX = "bytes:"
 _HEX_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
