@@ -12,6 +12,13 @@ no calls; anything else is probed with as few calls as possible:
    whether n>1 works, and "every sampled token is the argmax" says whether top_k is honoured;
 3. only when /v1/completions is missing: one chat call with logprobs instead.
 
+Keys this module puts in ``ProviderProfile.extra`` (read by `vas_api.providers.openai_wire`):
+``sampler_dialect`` ("llama.cpp", "vllm", "openai": which neutral-sampler parameters to send),
+``min_tokens_for_eos`` (send min_tokens=1 on candidates calls), ``completions`` (string prompts
+may use /v1/completions even when chat is used for messages), ``max_tokens_param``
+("max_completion_tokens" for OpenAI), ``family``, ``special_tokens`` (control-token strings) and
+``exact_logprobs`` (the local server's lossless reporter).
+
 Probed profiles are cached in memory and in ``~/.cache/vas-api/profiles.json`` (or
 ``$VAS_API_CACHE_DIR``), keyed by base URL (credentials and query stripped) + model. API keys are
 never stored.
