@@ -57,6 +57,7 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     drafted: int = 0
+    tested: int = 0
     accepted: int = 0
     time_total_s: float = 0.0
     time_api_s: float = 0.0
@@ -70,6 +71,7 @@ class RunStats:
         self.prompt_tokens += report.usage.prompt_tokens
         self.completion_tokens += report.usage.completion_tokens
         self.drafted += report.drafted
+        self.tested += report.tested
         self.accepted += report.accepted
         self.time_total_s += report.time_total_s
         self.time_api_s += report.time_api_s
@@ -89,7 +91,8 @@ class RunStats:
             "tokens_per_response": round(self.tokens / n, 2),
             "prompt_tokens_per_response": round(self.prompt_tokens / n, 1),
             "completion_tokens_per_response": round(self.completion_tokens / n, 1),
-            "acceptance": round(self.accepted / self.drafted, 4) if self.drafted else None,
+            "acceptance": round(self.accepted / self.tested, 4) if self.tested else None,
+            "drafted_per_response": round(self.drafted / n, 1),
             "wall_s_per_response": round(self.time_total_s / n, 3),
             "api_share": round(self.time_api_s / max(1e-9, self.time_total_s), 3),
             "value_share": round(self.time_value_s / max(1e-9, self.time_total_s), 3),

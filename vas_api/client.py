@@ -201,6 +201,7 @@ class _Base:
             report.traces.append(list(s.steps))
             if isinstance(s, SpeculativeSampler):
                 report.drafted += s.drafted
+                report.tested += s.tested
                 report.accepted += s.accepted
                 report.resampled += s.resampled
         report.api_calls = timings.api_calls

@@ -27,8 +27,10 @@ class VASReport:
         usage: billed tokens summed over every call.
         cost_usd: at the provider profile's prices (0 for a local server).
         traces: one list of committed tokens per choice.
-        drafted, accepted, resampled: speculative counters (drafted tokens, kept drafted
-            tokens, tokens drawn from the residual after a rejection).
+        drafted, tested, accepted, resampled: speculative counters (drafted tokens, drafted
+            positions that went through the accept test, kept drafted tokens, tokens drawn
+            from the residual after a rejection). Drafted tokens after a rejection are never
+            tested: they are the wasted ones.
         time_api_s, time_value_s, time_total_s: wall time waiting for the API, in the value
             models, and in all.
     """
@@ -42,6 +44,7 @@ class VASReport:
     cost_usd: float = 0.0
     traces: list[list[Step]] = field(default_factory=list)
     drafted: int = 0
+    tested: int = 0
     accepted: int = 0
     resampled: int = 0
     time_api_s: float = 0.0
@@ -64,8 +67,9 @@ class VASReport:
 
     @property
     def acceptance(self) -> float:
-        """Kept drafted tokens per drafted token (speculative mode)."""
-        return self.accepted / self.drafted if self.drafted else math.nan
+        """Accepted share of the drafted positions that were tested (speculative mode): the
+        per-position acceptance rate alpha of speculative sampling."""
+        return self.accepted / self.tested if self.tested else math.nan
 
     def summary(self) -> str:
         """One line: mode, tokens, calls, billed tokens, cost, time split."""
@@ -78,7 +82,10 @@ class VASReport:
         if self.cost_usd:
             parts.append(f"${self.cost_usd:.5f}")
         if self.drafted:
-            parts.append(f"drafted {self.drafted}, accepted {self.accepted}, wasted {self.wasted}")
+            parts.append(
+                f"drafted {self.drafted}, accepted {self.accepted} of {self.tested} tested "
+                f"({self.acceptance:.2f}), wasted {self.wasted}"
+            )
         parts.append(
             f"{self.time_total_s:.2f}s (API {self.time_api_s:.2f}s, value {self.time_value_s:.2f}s)"
         )

@@ -111,6 +111,7 @@ class SpeculativeSampler(_SamplerBase):
         self.restrict_top_k = restrict_top_k
         self.policy = policy or DraftLengthPolicy(m_min=settings.draft_min, m_max=settings.draft_max)
         self.drafted = 0  # tokens the server drafted
+        self.tested = 0  # drafted positions that went through the accept test
         self.accepted = 0  # drafted tokens kept
         self.resampled = 0  # tokens drawn from the residual after a rejection
         self._prompt_tokens = max(1, len(prompt_text) // 4)  # until the first usage arrives
@@ -205,4 +206,5 @@ class SpeculativeSampler(_SamplerBase):
             self.resampled += 1
             self._commit(opts, i, probs, shift, "resampled")
             break
+        self.tested += tested
         self.policy.update(tested, accepted)
