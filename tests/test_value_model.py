@@ -321,6 +321,28 @@ def test_score_draft_checks_positions(model):
     assert model.score_draft(PROMPT, ["a"], []) == []
 
 
+def test_build_tree_preorder_trunk_and_mask():
+    from estimators._tree import build_tree
+
+    # Offset 2: the first two tokens are cached. Sequences: 9 9 1 2 3 / 9 9 1 2 4 / 9 9 1 5 / 9 9
+    tree = build_tree([[9, 9, 1, 2, 3], [9, 9, 1, 2, 4], [9, 9, 1, 5], [9, 9]], 2)
+    assert tree.tokens == [1, 2, 3, 4, 5]
+    assert tree.depth == [2, 3, 4, 4, 3]
+    assert tree.last == [2, 3, 4, -1]
+    assert tree.trunk == 0  # the last sequence ends in the cache
+    assert build_tree([[9, 9, 1, 2, 3], [9, 9, 1, 2, 4], [9, 9, 1, 5]], 2).trunk == 1
+    _, pos, mask = tree.inputs(device=torch.device("cpu"), dtype=torch.float32)
+    allowed = (mask[0, 0] == 0).int().tolist()
+    assert allowed == [
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0, 1, 0],
+        [1, 1, 1, 0, 0, 0, 1],
+    ]
+    assert pos.tolist() == [[2, 3, 4, 4, 3]]
+
+
 # --------------------------------------------------------------------------- tokenization
 
 
