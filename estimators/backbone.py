@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from vas_api.errors import ValueModelError
+from vas_api.paths import cache_dir  # the one cache root, re-exported for estimators
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -53,10 +53,6 @@ _INSTALL_HINT = "Install it with: pip install 'vas-api[local]'"
 _DONE_MARKER = ".complete"  # written last, so a half-written conversion is never used
 
 
-def cache_dir() -> Path:
-    """The root of vas-api's caches: $VAS_CACHE_DIR, else ~/.cache/vas-api."""
-    root = os.environ.get("VAS_CACHE_DIR")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "vas-api"
 
 
 def find_default_gguf() -> Path:

@@ -534,7 +534,7 @@ def test_truncate_config_keeps_layer_types():
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("VAS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("VAS_API_CACHE_DIR", str(tmp_path))
     assert backbone_mod.cache_dir() == tmp_path
 
 

@@ -127,14 +127,10 @@ _MEMORY: dict[str, ProviderProfile] = {}
 
 
 def cache_path() -> Path:
-    """Where probed profiles are stored: $VAS_API_CACHE_DIR, else $XDG_CACHE_HOME/vas-api, else
-    ~/.cache/vas-api; the file is profiles.json."""
-    root = os.environ.get("VAS_API_CACHE_DIR")
-    if root:
-        return Path(root) / "profiles.json"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "vas-api" / "profiles.json"
+    """Where probed profiles are stored: profiles.json in `vas_api.paths.cache_dir()`."""
+    from .paths import cache_dir
+
+    return cache_dir() / "profiles.json"
 
 
 def cache_key(base_url: str, model: str) -> str:
