@@ -19,6 +19,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class TrainConfig:
     eval_every: int = 0  # batches between validations; 0: only at the end of each pass
     save_every: int = 50  # batches between resumable checkpoints
     device: str | None = None  # None: cuda when available, else cpu
+    num_threads: int | None = None  # torch CPU threads; 1 is much faster on a busy small CPU
     base_model: str | None = None  # recorded in metadata; None: the samples' `model` field
 
     def check(self) -> None:
@@ -90,6 +92,8 @@ class TrainConfig:
             problems.append("lr must be a positive number")
         if self.freeze_backbone and self.lora_r > 0:
             problems.append("choose freeze_backbone or lora_r > 0, not both")
+        if self.residual and not self.reward:
+            problems.append("a residual model needs a reward spec (its baseline)")
         if self.max_length < 2:
             problems.append("max_length must be at least 2")
         if problems:
@@ -97,7 +101,9 @@ class TrainConfig:
 
 
 # Fields that may change when a run is resumed (they do not change what was already done).
-_RESUMABLE_CHANGES = {"passes", "eval_every", "save_every", "device", "output_dir", "data"}
+_RESUMABLE_CHANGES = {
+    "passes", "eval_every", "save_every", "device", "num_threads", "output_dir", "data",
+}
 
 
 @dataclass
@@ -358,7 +364,20 @@ def train(
     cfg.check()
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
+    old_threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _train(cfg, model, resume, progress, started)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: float
+           ) -> TrainResult:
     read = read_samples(cfg.data)
+    if read.skipped:
+        warnings.warn(f"{cfg.data}: {read.summary()}", stacklevel=2)
     samples = score_samples(read.samples, cfg.reward)
     train_samples, val_samples = split_by_prompt(samples, cfg.heldout_fraction, cfg.seed)
     if not train_samples:
@@ -367,9 +386,7 @@ def train(
     model = _build_model(cfg, model)
     device = next(model.parameters()).device
     tokenizer = model.tokenizer
-    baseline = PrefixRewardValue(cfg.reward or "vader", cfg.prompt_marker) if cfg.residual else None
-    if cfg.residual and cfg.reward is None:
-        raise ConfigError("a residual model needs a reward spec (its baseline)")
+    baseline = PrefixRewardValue(cfg.reward, cfg.prompt_marker) if cfg.residual else None
     items, too_long = _encode(train_samples, tokenizer, cfg, baseline)
     if not items:
         raise DataError(f"no sample fits in max_length={cfg.max_length} tokens")
@@ -379,10 +396,11 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = Path(cfg.output_dir)
     state_dir = out / "train_state"
-    done_batches, history = 0, []
+    done_batches, history, prior_seconds = 0, [], 0.0
     if resume and (state_dir / "state.json").exists():
         info = _load_state(state_dir, model, optimizer, cfg)
         done_batches, history = int(info["batches"]), list(info.get("history", []))
+        prior_seconds = float(info.get("seconds", 0.0))
 
     batches_per_pass = math.ceil(len(items) / cfg.batch_size)
     total = batches_per_pass * cfg.passes
@@ -438,8 +456,10 @@ def train(
                     bar.write(f"batch {batch_index}: val spearman@0.5 {metrics['spearman']:.3f}, "
                               f"mse@0.5 {metrics['mse']:.4f}")
             if batch_index % max(1, cfg.save_every) == 0 or batch_index == total:
+                elapsed = prior_seconds + time.perf_counter() - started
                 _save_state(state_dir, model, optimizer,
-                            {"batches": batch_index, "config": asdict(cfg), "history": history})
+                            {"batches": batch_index, "config": asdict(cfg), "history": history,
+                             "seconds": elapsed})
     finally:
         if bar is not None:
             bar.close()
@@ -464,8 +484,9 @@ def train(
             "skipped_lines": len(read.skipped),
             "too_long": too_long,
             "seconds_this_run": round(seconds, 1),
+            "seconds_total": round(prior_seconds + seconds, 1),  # across resumed runs
             "final_loss": history[-1].get("loss_first_epoch") if history else None,
-            "val": metrics,
+            "val": {k: (None if v != v else v) for k, v in metrics.items()},  # NaN: null
         },
     })
     out.mkdir(parents=True, exist_ok=True)

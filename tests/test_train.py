@@ -188,6 +188,8 @@ def test_spearman_matches_scipy_with_ties():
 def test_bad_inputs(data, tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
         train(_cfg(data, tmp_path / "x", batch_size=5, grad_accum=2), model=tiny_model())
+    with pytest.raises(ConfigError, match="residual"):
+        train(_cfg(data, tmp_path / "x", residual=True, reward=None), model=tiny_model())
     with pytest.raises(DataError, match="does not exist"):
         train(_cfg(tmp_path / "missing.jsonl", tmp_path / "x"), model=tiny_model())
     with pytest.raises(DataError, match="no stored reward"):
@@ -250,3 +252,11 @@ def test_cli_eval_of_a_missing_or_corrupt_checkpoint_is_a_clear_error(data, tmp_
     (tmp_path / "bad" / "config.json").write_text("[]")
     result = _invoke("eval-value", str(data), "--model", str(tmp_path / "bad"))
     assert isinstance(result.exception, CheckpointError)
+
+
+def test_skipped_lines_are_reported(data, tmp_path):
+    noisy = tmp_path / "noisy.jsonl"
+    noisy.write_text(data.read_text() + "\n{broken\n")
+    with pytest.warns(UserWarning, match="2 lines skipped"):
+        train(_cfg(noisy, tmp_path / "n", freeze_backbone=True), model=tiny_model(),
+              progress=False)

@@ -93,6 +93,7 @@ def train_command(
     heldout_fraction: Annotated[float, typer.Option(help="Fraction of prompts kept for validation.")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 is fastest on a busy small CPU).")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of TrainConfig fields; overrides the options.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a run found in --out.")] = True,
 ) -> None:
@@ -104,7 +105,7 @@ def train_command(
         backbone=backbone, num_layers=layers, residual=residual, lam=lam, gamma=gamma, lr=lr,
         batch_size=batch_size, grad_accum=grad_accum, epochs_per_batch=epochs_per_batch,
         passes=passes, max_length=max_length, freeze_backbone=freeze_backbone, lora_r=lora_r,
-        heldout_fraction=heldout_fraction, seed=seed, device=device,
+        heldout_fraction=heldout_fraction, seed=seed, device=device, num_threads=threads,
     )
     if config is not None:
         try:
@@ -159,4 +160,6 @@ def eval_value_command(
         table.add_row(name, *(f"{m[k]:.3f}" for k in ("spearman", "mse", "spearman@0", "spearman@1")))
     Console().print(table)
     if json_out is not None:
-        json_out.write_text(json.dumps(results, indent=1))
+        # NaN (a Spearman over constant values) as null: strict JSON has no NaN.
+        clean = {n: {k: (None if v != v else v) for k, v in m.items()} for n, m in results.items()}
+        json_out.write_text(json.dumps(clean, indent=1))
