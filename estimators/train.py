@@ -18,6 +18,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -460,6 +461,16 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
                 _save_state(state_dir, model, optimizer,
                             {"batches": batch_index, "config": asdict(cfg), "history": history,
                              "seconds": elapsed})
+    except KeyboardInterrupt:
+        # Keep what was done: the next run resumes at the last finished batch. A batch cut
+        # off halfway is redone from weights that already took part of its epochs.
+        if batch_index > done_batches:
+            _save_state(state_dir, model, optimizer,
+                        {"batches": batch_index, "config": asdict(cfg), "history": history,
+                         "seconds": prior_seconds + time.perf_counter() - started})
+            print(f"\ninterrupted: saved {batch_index}/{total} batches to {state_dir}; "
+                  "run the same command again to resume", file=sys.stderr)
+        raise
     finally:
         if bar is not None:
             bar.close()

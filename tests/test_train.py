@@ -117,6 +117,27 @@ def test_resuming_continues_where_it_stopped(data, tmp_path):
         train(_cfg(data, tmp_path / "b", passes=2, lr=1e-2), model=tiny_model(), progress=False)
 
 
+def test_an_interrupt_keeps_the_finished_batches(data, tmp_path, monkeypatch):
+    import estimators.train as train_mod
+
+    calls, real = {"n": 0}, train_mod.value_loss
+
+    def interrupting_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3 * 2 + 1:  # the first epoch of batch 4 (2 epochs per batch)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "value_loss", interrupting_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(data, tmp_path, passes=2, save_every=100), model=tiny_model(), progress=False)
+    monkeypatch.setattr(train_mod, "value_loss", real)
+    resumed = train(_cfg(data, tmp_path, passes=2), model=tiny_model(), progress=False)
+    assert resumed.batches == 12
+    first = [h["batch"] for h in resumed.history if "loss_first_epoch" in h]
+    assert first[:3] == [1, 2, 3]  # the three finished batches came from the saved state
+
+
 def test_corrupt_resume_state_is_a_clear_error(data, tmp_path):
     train(_cfg(data, tmp_path / "c", passes=1), model=tiny_model(), progress=False)
     (tmp_path / "c" / "train_state" / "optimizer.safetensors").write_bytes(b"garbage")
