@@ -9,6 +9,7 @@ rate of 0.1% each (p > 0.001).
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 
 import numpy as np
@@ -292,3 +293,32 @@ def test_cli_local_server_prints_url_and_stops_on_ctrl_c():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_server_does_not_outlive_a_killed_parent(tmp_path):
+    """A script that is killed (here SIGKILL, so no cleanup code runs) takes its server along."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "start.py"
+    script.write_text(
+        "import time\nfrom vas_api.local import LocalServer\n"
+        "s = LocalServer().start()\nprint(s._proc.pid, flush=True)\ntime.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the llama.cpp server kept running after its parent was killed")

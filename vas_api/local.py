@@ -63,6 +63,17 @@ def find_smollm2_gguf() -> Path:
     )
 
 
+def _die_with_parent() -> None:
+    """Runs in the server's process before it starts (Linux): the kernel sends it SIGTERM when
+    the process that started it dies, so a killed script (SIGTERM, SIGKILL) leaves no server
+    behind; a clean exit already stops it through stop()."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -187,6 +198,7 @@ class LocalServer:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
         try:
             self._wait_ready()
