@@ -1,12 +1,11 @@
 """vas-api: steer black-box LLM APIs with a small local value model (Value Augmented Sampling)."""
 
+from .client import NOT_GIVEN, AsyncVASClient, VASClient, wrap
 from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
+from .report import VASReport
 from .types import *  # noqa: F403
 from .types import __all__ as _types_all
-
-from .client import NOT_GIVEN, AsyncVASClient, VASClient, wrap
-from .report import VASReport
 
 __version__ = "0.1.0"
 __all__ = [*_errors_all, *_types_all, "NOT_GIVEN", "AsyncVASClient", "VASClient", "VASReport", "wrap", "__version__"]
