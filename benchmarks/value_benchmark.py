@@ -37,13 +37,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from estimators.backbone import cache_dir  # noqa: E402
 from estimators.baselines import PrefixRewardValue, load_value_function  # noqa: E402
 from estimators.collect import as_prompt, collect  # noqa: E402
 from estimators.data import read_prompts, read_samples  # noqa: E402
 from estimators.evaluate import evaluate_value  # noqa: E402
 from estimators.train import TrainConfig, score_samples, train  # noqa: E402
 from estimators.value_model import DEFAULT_LAYERS  # noqa: E402
+from vas_api.paths import cache_dir  # noqa: E402
 
 PROMPTS = ROOT / "estimators" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "value_benchmark.json"
