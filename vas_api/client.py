@@ -150,7 +150,7 @@ class _Base:
             raise ConfigError(f"unknown argument(s) {sorted(extra)} for a VAS request.")
         if not model:
             raise ConfigError("model is required (the base model's name at the provider).")
-        if (isinstance(prompt, str) and not prompt) or (not isinstance(prompt, str) and not prompt):
+        if not prompt:
             raise ConfigError("the prompt (or messages) is empty; give the base model something to continue.")
         opts = {**self.defaults, **{k: v for k, v in vas.items() if v is not NOT_GIVEN}}
         value_fns = self._value_fns(opts.get("value_model"))
@@ -185,7 +185,8 @@ class _Base:
             if mode == "token":
                 samplers.append(TokenSampler(s, Prefix(prompt), prompt_text))
             else:
-                key = (model, betas, restrict, settings.temperature, settings.top_p)
+                # The acceptance rate depends on all of these; the bounds must follow the request.
+                key = (model, betas, restrict, settings.temperature, settings.top_p, s.draft_min, s.draft_max)
                 policy = self._policies.setdefault(key, DraftLengthPolicy(
                     m_min=s.draft_min, m_max=s.draft_max,
                     price_prompt=provider.profile.price_prompt, price_completion=provider.profile.price_completion,
