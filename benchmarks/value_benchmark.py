@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 from estimators.baselines import PrefixRewardValue, load_value_function  # noqa: E402
 from estimators.collect import as_prompt, collect  # noqa: E402
 from estimators.data import read_prompts, read_samples  # noqa: E402
-from estimators.evaluate import evaluate_value  # noqa: E402
-from estimators.train import TrainConfig, score_samples, train  # noqa: E402
+from estimators.evaluate import evaluate_value, spearman, values_at  # noqa: E402
+from estimators.train import TrainConfig, score_samples, split_by_prompt, train  # noqa: E402
 from estimators.value_model import DEFAULT_LAYERS  # noqa: E402
 from vas_api.paths import cache_dir  # noqa: E402
 
@@ -94,6 +94,43 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             "validation": meta["val"], "model": result.model}
 
 
+def _bootstrap_diff(a: list[float], b: list[float], rewards: list[float], groups: list[str],
+                    draws: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap over prompts of spearman(a, R) - spearman(b, R): mean and 95% interval."""
+    import random
+
+    rng = random.Random(seed)
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    keys = sorted(by_group)
+    diffs = []
+    for _ in range(draws):
+        idx = [i for k in rng.choices(keys, k=len(keys)) for i in by_group[k]]
+        r = [rewards[i] for i in idx]
+        diffs.append(spearman([a[i] for i in idx], r) - spearman([b[i] for i in idx], r))
+    diffs.sort()
+    return {"observed": spearman(a, rewards) - spearman(b, rewards),
+            "bootstrap_mean": sum(diffs) / len(diffs),
+            "ci95_low": diffs[int(0.025 * draws)], "ci95_high": diffs[int(0.975 * draws) - 1],
+            "draws": draws, "resampled_unit": "prompt"}
+
+
+def _selection(models_dir: Path, layers: int) -> dict[str, Any]:
+    """Validation-split metrics of every benchmark checkpoint variant found (the choices)."""
+    out = {}
+    for d in sorted(models_dir.glob(f"value-benchmark-vader*-L{layers}-*")):
+        try:
+            meta = json.loads((d / "config.json").read_text())["metadata"]["training"]
+        except (OSError, KeyError, ValueError):
+            continue
+        cfg = meta["config"]
+        out[d.name] = {"lr": cfg["lr"], "passes": cfg["passes"], "residual": cfg["residual"],
+                       "val_spearman@0.5": meta["val"].get("spearman"),
+                       "val_mse@0.5": meta["val"].get("mse")}
+    return out
+
+
 def _no_nan(value: Any) -> Any:
     """NaN (a Spearman over constant values) as null: strict JSON has no NaN."""
     if isinstance(value, float) and value != value:
@@ -125,6 +162,8 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the checkpoint names (for variants)")
     ap.add_argument("--collect-only", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="do not overwrite the results JSON")
+    ap.add_argument("--note", action="append", default=[],
+                    help="a remark about this run for the results JSON (machine load, restarts)")
     args = ap.parse_args()
     # Turn SIGTERM into an exception, so `finally` stops the llama.cpp child process.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -166,8 +205,13 @@ def main() -> None:
     learned = _train(learned_cfg)
     residual = _train(residual_cfg)
 
-    heldout = score_samples(read_samples(heldout_stats["file"]).samples, "vader")
     tokenizer = learned["model"].tokenizer
+    # The prefix baseline on the same validation split the trained models were chosen on.
+    train_samples = score_samples(read_samples(train_stats["file"]).samples, "vader")
+    _, val_samples = split_by_prompt(train_samples, common["heldout_fraction"], common["seed"])
+    val_prefix = evaluate_value(PrefixRewardValue("vader"), val_samples, tokenizer)
+
+    heldout = score_samples(read_samples(heldout_stats["file"]).samples, "vader")
     started = time.perf_counter()
     scores = {
         "learned": evaluate_value(learned["model"], heldout, tokenizer),
@@ -175,6 +219,17 @@ def main() -> None:
         "residual": evaluate_value(residual["model"], heldout, tokenizer),
     }
     eval_seconds = time.perf_counter() - started
+    half = {name: values_at(fn, heldout, tokenizer, 0.5) for name, fn in (
+        ("learned", learned["model"]), ("prefix_reward", PrefixRewardValue("vader")),
+        ("residual", residual["model"]))}
+    rewards = [float(x.reward) for x in heldout]
+    groups = [json.dumps(x.prompt) for x in heldout]
+    paired = {
+        "residual_minus_prefix": _bootstrap_diff(half["residual"], half["prefix_reward"],
+                                                 rewards, groups),
+        "learned_minus_prefix": _bootstrap_diff(half["learned"], half["prefix_reward"],
+                                                rewards, groups),
+    }
     # The saved checkpoints give the same numbers as the in-memory models.
     reloaded = evaluate_value(load_value_function(learned["checkpoint"]), heldout, tokenizer)
     if abs(reloaded["spearman"] - scores["learned"]["spearman"]) > 1e-6:
@@ -186,6 +241,9 @@ def main() -> None:
     for name, m in scores.items():
         print(f"{name:<16}{m['spearman']:>14.3f}{m['mse']:>10.4f}{m['spearman@0']:>12.3f}"
               f"{m['spearman@1']:>12.3f}")
+    for name, d in paired.items():
+        print(f"{name}: {d['observed']:+.3f} (95% bootstrap over prompts "
+              f"{d['ci95_low']:+.3f} .. {d['ci95_high']:+.3f})")
     print(f"collection: train {train_stats['seconds']:.0f} s, held-out "
           f"{heldout_stats['seconds']:.0f} s; training: learned {learned['seconds']:.0f} s, "
           f"residual {residual['seconds']:.0f} s")
@@ -209,11 +267,16 @@ def main() -> None:
         "mse_prefix_reward": scores["prefix_reward"]["mse"],
         "mse_residual": scores["residual"]["mse"],
         "heldout_metrics": scores,
+        "heldout_paired_bootstrap_spearman@0.5": paired,
         "validation_metrics": {"learned": learned["validation"],
-                               "residual": residual["validation"]},
-        "targets": {"learned_spearman_at_least": 0.5, "residual_at_least_prefix": True,
-                    "met": scores["learned"]["spearman"] >= 0.5
-                    and scores["residual"]["spearman"] >= scores["prefix_reward"]["spearman"]},
+                               "residual": residual["validation"],
+                               "prefix_reward": val_prefix},
+        "selection_on_validation_split": _selection(models_dir, args.layers),
+        "targets": {
+            "learned_spearman>=0.5": scores["learned"]["spearman"] >= 0.5,
+            "residual>=prefix_reward":
+                scores["residual"]["spearman"] >= scores["prefix_reward"]["spearman"],
+        },
         "samples": {"train": train_stats["samples"], "train_prompts": train_stats["prompts"],
                     "train_per_prompt": args.n_train, "heldout": heldout_stats["samples"],
                     "heldout_prompts": heldout_stats["prompts"],
@@ -232,6 +295,7 @@ def main() -> None:
                                                           "calls")},
                    "heldout": {k: heldout_stats[k] for k in ("prompt_tokens",
                                                               "completion_tokens", "calls")}},
+        "notes": args.note,
         "checkpoints": {"learned": learned["checkpoint"], "residual": residual["checkpoint"]},
         "data_files": {"train": train_stats["file"], "heldout": heldout_stats["file"]},
     }

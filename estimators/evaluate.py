@@ -22,7 +22,7 @@ from vas_api.types import ValueFunction
 from .data import Sample
 from .states import prefix_at, split_states
 
-__all__ = ["spearman", "evaluate_value", "DEFAULT_FRACTIONS"]
+__all__ = ["spearman", "evaluate_value", "values_at", "DEFAULT_FRACTIONS"]
 
 DEFAULT_FRACTIONS = (0.0, 0.5, 1.0)
 
@@ -68,6 +68,45 @@ def _as_floats(values: Any) -> list[float]:
     return [float(v) for v in values]
 
 
+def values_at(
+    value_fn: ValueFunction,
+    samples: Sequence[Sample],
+    tokenizer: Any,
+    fraction: float,
+    *,
+    batch_size: int = 32,
+    splits: Sequence[Any] | None = None,
+) -> list[float]:
+    """V at the state `fraction` of the way through each sample's completion.
+
+    Args:
+        value_fn: anything with `values(texts)`.
+        samples: the samples (rewards not needed).
+        tokenizer: the fast tokenizer that defines the states.
+        fraction: 0 = the prompt alone, 0.5 = half the completion, 1 = the finished text.
+        batch_size: texts per `values` call.
+        splits: precomputed `split_states` of the samples (optional).
+
+    Returns:
+        One float per sample.
+
+    Raises:
+        DataError: the value function returned the wrong number of values.
+    """
+    if splits is None:
+        splits = [split_states(tokenizer, s.prompt_text, s.completion) for s in samples]
+    texts = [
+        prefix_at(s.prompt_text, s.completion, sp, fraction) if sp else s.prompt_text
+        for s, sp in zip(samples, splits, strict=True)
+    ]
+    values: list[float] = []
+    for i in range(0, len(texts), batch_size):
+        values += _as_floats(value_fn.values(texts[i : i + batch_size]))
+    if len(values) != len(texts):
+        raise DataError(f"value function returned {len(values)} values for {len(texts)} texts")
+    return values
+
+
 def evaluate_value(
     value_fn: ValueFunction,
     samples: Sequence[Sample],
@@ -102,15 +141,7 @@ def evaluate_value(
     splits = [split_states(tokenizer, s.prompt_text, s.completion) for s in samples]
     metrics: dict[str, float] = {"n": float(len(samples))}
     for f in fractions:
-        texts = [
-            prefix_at(s.prompt_text, s.completion, sp, f) if sp else s.prompt_text
-            for s, sp in zip(samples, splits, strict=True)
-        ]
-        values: list[float] = []
-        for i in range(0, len(texts), batch_size):
-            values += _as_floats(value_fn.values(texts[i : i + batch_size]))
-        if len(values) != len(texts):
-            raise DataError(f"value function returned {len(values)} values for {len(texts)} texts")
+        values = values_at(value_fn, samples, tokenizer, f, batch_size=batch_size, splits=splits)
         mse = sum((v - r) ** 2 for v, r in zip(values, rewards, strict=True)) / len(values)
         metrics[f"mse@{f:g}"] = mse
         metrics[f"spearman@{f:g}"] = spearman(values, rewards)

@@ -495,7 +495,9 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
             "skipped_lines": len(read.skipped),
             "too_long": too_long,
             "seconds_this_run": round(seconds, 1),
-            "seconds_total": round(prior_seconds + seconds, 1),  # across resumed runs
+            # Across resumed runs; a call that found the run finished adds nothing.
+            "seconds_total": round(prior_seconds + (seconds if batch_index > done_batches
+                                                    else 0.0), 1),
             "final_loss": history[-1].get("loss_first_epoch") if history else None,
             "val": {k: (None if v != v else v) for k, v in metrics.items()},  # NaN: null
         },

@@ -16,7 +16,7 @@ from estimators.baselines import (  # noqa: E402
     load_value_function,
 )
 from estimators.data import Sample, read_samples, write_samples  # noqa: E402
-from estimators.evaluate import evaluate_value, spearman  # noqa: E402
+from estimators.evaluate import evaluate_value, spearman, values_at  # noqa: E402
 from estimators.states import split_states  # noqa: E402
 from estimators.train import TrainConfig, score_samples, split_by_prompt, train  # noqa: E402
 from estimators.value_model import ValueModel  # noqa: E402
@@ -196,6 +196,15 @@ def test_prefix_baseline_is_exact_on_finished_texts(data):
     samples = score_samples(read_samples(data).samples, "vader")
     metrics = evaluate_value(PrefixRewardValue("vader"), samples, tiny_model().tokenizer)
     assert metrics["mse@1"] == pytest.approx(0.0) and metrics["spearman@1"] == pytest.approx(1.0)
+
+
+def test_values_at_reads_the_states_at_a_fraction(data):
+    samples = score_samples(read_samples(data).samples, "vader")
+    tokenizer, fn = tiny_model().tokenizer, PrefixRewardValue("vader")
+    assert values_at(fn, samples, tokenizer, 1.0, batch_size=5) == pytest.approx(
+        [s.reward for s in samples])
+    assert values_at(fn, samples, tokenizer, 0.0) == pytest.approx(
+        fn.values([s.prompt_text for s in samples]))
 
 
 def test_spearman_matches_scipy_with_ties():
