@@ -39,8 +39,16 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--prompts", type=int, default=None, help="use only the first N held-out prompts (smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads for the value models (the local server takes another core)")
     ap.add_argument("--out", default="sampler_benchmark")
     args = ap.parse_args()
+    if not any(b > 0 for b in args.betas):
+        ap.error("--betas needs at least one beta above 0 (beta = 0 is plain base sampling)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     import vas_api
     from vas_api.commands.generate import local_options, value_functions
@@ -55,17 +63,23 @@ def main() -> None:
         provider = connect(server.client(), server.model, **local_options(server))
         bon = best_of_n(provider, prompts, reward, n=8, seed=args.seed)
         print(f"best-of-8: {bon['mean_reward']:.3f} (single sample {bon['mean_reward_single_sample']:.3f})", file=sys.stderr)
-        for spec in args.value:
-            name, _, path = spec.partition("=")
+        specs = [spec.partition("=")[::2] for spec in args.value]
+        for name, path in specs:
             value = value_functions([path])[0]
-            for beta in args.betas:
-                stats = run_setting(client, server.model, prompts, reward, f"{name} beta={beta:g}",
+            # beta = 0 is base sampling whatever the value model (it is never scored): run it once.
+            betas = [b for b in args.betas if b != 0 or name == specs[0][0]]
+            for beta in betas:
+                label = "base (beta=0)" if beta == 0 else f"{name} beta={beta:g}"
+                stats = run_setting(client, server.model, prompts, reward, label,
                                     seed=args.seed, value_model=value, beta=beta)
-                row = {"value_model": name, "beta": beta, **stats.row()}
+                row = {"value_model": name if beta else None, "beta": beta, **stats.row()}
                 rows.append(row)
                 print(f"{row['label']}: reward {row['mean_reward']:.3f}", file=sys.stderr)
 
-    best = max((r for r in rows if r["beta"] > 0), key=lambda r: r["mean_reward"])
+    steered = [r for r in rows if r["beta"] > 0]
+    best = max(steered, key=lambda r: r["mean_reward"])
+    best_by_value = {name: max((r for r in steered if r["value_model"] == name),
+                               key=lambda r: r["mean_reward"]) for name, _ in specs}
     cols = ["label", "mean_reward", "sem_reward", "calls_per_token", "tokens_per_response",
             "acceptance", "wall_s_per_response", "api_share", "value_share"]
     print_table(rows + [bon], cols)
@@ -75,6 +89,10 @@ def main() -> None:
         "rows": rows, "best_of_8": bon,
         "best": {"label": best["label"], "mean_reward": best["mean_reward"]},
         "vas_minus_bon8": round(best["mean_reward"] - bon["mean_reward"], 4),
+        "vas_minus_bon8_by_value": {name: {"label": r["label"],
+                                           "diff": round(r["mean_reward"] - bon["mean_reward"], 4)}
+                                    for name, r in best_by_value.items()},
+        "value_models": dict(specs), "torch_threads": args.threads,
         "note": "best beta is picked on the held-out prompts themselves, as the issue defines it",
     })
     print(f"wrote {path}")
