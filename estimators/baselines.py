@@ -164,6 +164,21 @@ class ResidualValueModel(torch.nn.Module):
         )
         return base.to(correction.device) + correction
 
+    def score_draft(
+        self, prefix_text: str, path: Sequence[str], candidates: Sequence[Sequence[str]]
+    ) -> list[torch.Tensor]:
+        """`ValueModel.score_draft` (one forward for a whole drafted path) plus the reward of
+        each candidate's prefix; one (k_i,) tensor per position."""
+        corrections = self.model.score_draft(prefix_text, path, candidates)
+        texts = [
+            prefix_text + "".join(path[:i]) + c for i, cands in enumerate(candidates) for c in cands
+        ]
+        base = iter(self.baseline.values(texts))
+        return [
+            torch.tensor([next(base) for _ in cands], dtype=corr.dtype).to(corr.device) + corr
+            for cands, corr in zip(candidates, corrections, strict=True)
+        ]
+
     def residual_metadata(self) -> dict[str, Any]:
         """What a checkpoint stores to rebuild the baseline."""
         if self.baseline.marker is None:

@@ -179,6 +179,14 @@ def test_residual_model_starts_at_the_baseline_and_round_trips(data, tmp_path):
     assert isinstance(loaded, ResidualValueModel)
     assert loaded.baseline.reward.description == "vader"
     torch.testing.assert_close(loaded.values(texts), result.model.values(texts))
+    # A whole draft in one call (speculative mode) equals scoring each position on its own.
+    prefix, path = chat("Hi.") + "I", [" really", " love", " it"]
+    cands = [[" love", " hate"], [" like", " hate", "!"], [" it", " them"], [".", "!"]]
+    drafted = loaded.score_draft(prefix, path, cands)
+    for i, got in enumerate(drafted):
+        torch.testing.assert_close(
+            got, result.model.score_candidates(prefix + "".join(path[:i]), cands[i]),
+            atol=1e-4, rtol=0)
 
 
 def test_validation_split_is_by_prompt_and_metrics_are_reported(data, tmp_path):
