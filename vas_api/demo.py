@@ -56,9 +56,14 @@ def ensure_demo_value_model(provider: Any, recipe: DemoRecipe = DemoRecipe(), *,
     from estimators.data import read_prompts
     from estimators.train import TrainConfig, train
 
+    from .errors import CheckpointError
+
     out = _models_dir() / "demo-sentiment"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
-        load_value_function(out)  # a corrupt cache fails here, loudly, not halfway through
+        try:  # a corrupt cache fails here, loudly, not halfway through
+            load_value_function(out)
+        except CheckpointError as err:
+            raise CheckpointError(f"{err} Delete {out} and run the demo again to retrain it.") from err
         return out
     prompts_file = Path(__file__).resolve().parent.parent / "estimators" / "data" / "train_prompts.txt"
     prompts = [as_prompt(p) for p in read_prompts(prompts_file)]
@@ -71,7 +76,10 @@ def ensure_demo_value_model(provider: Any, recipe: DemoRecipe = DemoRecipe(), *,
     cfg = TrainConfig(data=str(data), output_dir=str(out), reward="vader", residual=recipe.residual,
                       passes=recipe.passes)
     result = train(cfg)
-    echo(f"trained in {result.seconds:.0f}s; validation {result.metrics}")
+    m = result.metrics
+    echo(f"trained in {result.seconds:.0f} s; on the validation prompts, Spearman of V at half the "
+         f"response vs the final reward {m.get('spearman', float('nan')):.2f} "
+         f"(MSE {m.get('mse', float('nan')):.3f})")
     return out
 
 
