@@ -30,6 +30,21 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}, no GPU"
 
 
+def add_threads_option(ap: Any) -> None:
+    """`--threads` (torch intra-op threads for the value models; default 1)."""
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for the value models (the local server takes another core; "
+                         "2 threads beside it on a busy 2-core machine were 10-25x slower)")
+
+
+def set_threads(n: int) -> None:
+    """Apply `--threads` (0 or None: leave torch's default)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def heldout_prompts(limit: int | None = None) -> list[list[dict[str, str]]]:
     """The held-out prompts as chat messages (the same wrapping the collection step used)."""
     from estimators.collect import as_prompt

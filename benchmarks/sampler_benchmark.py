@@ -19,11 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    add_threads_option,
     best_of_n,
     heldout_prompts,
     machine,
     print_table,
     run_setting,
+    set_threads,
     vader,
     write_result,
 )
@@ -39,16 +41,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--prompts", type=int, default=None, help="use only the first N held-out prompts (smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads for the value models (the local server takes another core)")
+    add_threads_option(ap)
     ap.add_argument("--out", default="sampler_benchmark")
     args = ap.parse_args()
     if not any(b > 0 for b in args.betas):
         ap.error("--betas needs at least one beta above 0 (beta = 0 is plain base sampling)")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     import vas_api
     from vas_api.commands.generate import local_options, value_functions

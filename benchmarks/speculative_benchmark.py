@@ -21,7 +21,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MAX_TOKENS, heldout_prompts, print_table, run_setting, vader, write_result  # noqa: E402
+from common import (  # noqa: E402
+    MAX_TOKENS,
+    add_threads_option,
+    heldout_prompts,
+    print_table,
+    run_setting,
+    set_threads,
+    vader,
+    write_result,
+)
 
 
 def plain_generation(provider, prompts, reward, seed: int) -> dict:
@@ -55,7 +64,9 @@ def main() -> None:
                     choices=["token", "spec-topk", "spec-full"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="speculative_benchmark")
+    add_threads_option(ap)
     args = ap.parse_args()
+    set_threads(args.threads)
 
     import vas_api
     from vas_api.commands.generate import local_options, value_functions
@@ -97,6 +108,7 @@ def main() -> None:
     path = write_result(args.out, {
         "task": "SmolLM2-135M-Instruct (local llama.cpp, Q4_1), VADER compound, held-out prompts, 48 tokens",
         "k": args.k, "seed": args.seed, "value_model": args.value, "prompts": len(prompts),
+        "torch_threads": args.threads,
         "rows": rows, "plain_generation": plain,
         "calls_per_token_speculative_beta1": pick("spec-topk", 1.0, "calls_per_token"),
         "calls_per_token_speculative_full_beta1": pick("spec-full", 1.0, "calls_per_token"),
