@@ -30,6 +30,11 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}, no GPU"
 
 
+def sem_of(values: Sequence[float]) -> float:
+    """Standard error of the mean (NaN for fewer than two values)."""
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+
+
 def add_threads_option(ap: Any) -> None:
     """`--threads` (torch intra-op threads for the value models; default 1)."""
     ap.add_argument("--threads", type=int, default=1,
@@ -96,7 +101,7 @@ class RunStats:
     def row(self) -> dict[str, Any]:
         n = max(1, self.responses)
         mean = statistics.fmean(self.rewards) if self.rewards else float("nan")
-        sem = statistics.stdev(self.rewards) / len(self.rewards) ** 0.5 if len(self.rewards) > 1 else float("nan")
+        sem = sem_of(self.rewards)
         return {
             "label": self.label,
             "responses": self.responses,
@@ -154,7 +159,7 @@ def best_of_n(provider: Any, prompts: Sequence[Any], reward: Callable, n: int = 
         "label": f"best-of-{n}",
         "responses": len(best),
         "mean_reward": round(statistics.fmean(best), 4),
-        "sem_reward": round(statistics.stdev(best) / len(best) ** 0.5, 4),
+        "sem_reward": round(sem_of(best), 4),
         "mean_reward_single_sample": round(statistics.fmean(mean_all), 4),
         "api_calls_per_prompt": calls / len(best),
         "billed_tokens_per_prompt": billed / len(best),

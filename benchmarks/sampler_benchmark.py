@@ -13,6 +13,7 @@ the value model never sees). Writes benchmarks/results/sampler_benchmark.json, i
 from __future__ import annotations
 
 import argparse
+import operator
 import sys
 from pathlib import Path
 
@@ -74,10 +75,10 @@ def main() -> None:
                 rows.append(row)
                 print(f"{row['label']}: reward {row['mean_reward']:.3f}", file=sys.stderr)
 
-    steered = [r for r in rows if r["beta"] > 0]
-    best = max(steered, key=lambda r: r["mean_reward"])
-    best_by_value = {name: max((r for r in steered if r["value_model"] == name),
-                               key=lambda r: r["mean_reward"]) for name, _ in specs}
+    by_reward = operator.itemgetter("mean_reward")
+    best_by_value = {name: max((r for r in rows if r["beta"] > 0 and r["value_model"] == name),
+                               key=by_reward) for name, _ in specs}
+    best = max(best_by_value.values(), key=by_reward)
     cols = ["label", "mean_reward", "sem_reward", "calls_per_token", "tokens_per_response",
             "acceptance", "wall_s_per_response", "api_share", "value_share"]
     print_table(rows + [bon], cols)

@@ -40,7 +40,15 @@ sys.path.insert(0, str(ROOT))
 from estimators.baselines import PrefixRewardValue, load_value_function  # noqa: E402
 from estimators.collect import as_prompt, collect  # noqa: E402
 from estimators.data import read_prompts, read_samples  # noqa: E402
-from estimators.evaluate import evaluate_value, spearman, values_at  # noqa: E402
+from estimators.evaluate import (  # noqa: E402
+    DEFAULT_FRACTIONS,
+    evaluate_value,
+    json_safe,
+    metrics_of,
+    spearman,
+    values_at,
+)
+from estimators.states import split_states  # noqa: E402
 from estimators.train import TrainConfig, score_samples, split_by_prompt, train  # noqa: E402
 from estimators.value_model import DEFAULT_LAYERS  # noqa: E402
 from vas_api.paths import cache_dir  # noqa: E402
@@ -131,17 +139,6 @@ def _selection(models_dir: Path, layers: int) -> dict[str, Any]:
     return out
 
 
-def _no_nan(value: Any) -> Any:
-    """NaN (a Spearman over constant values) as null: strict JSON has no NaN."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    return value
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-train", type=int, default=16)
@@ -212,27 +209,27 @@ def main() -> None:
     val_prefix = evaluate_value(PrefixRewardValue("vader"), val_samples, tokenizer)
 
     heldout = score_samples(read_samples(heldout_stats["file"]).samples, "vader")
-    started = time.perf_counter()
-    scores = {
-        "learned": evaluate_value(learned["model"], heldout, tokenizer),
-        "prefix_reward": evaluate_value(PrefixRewardValue("vader"), heldout, tokenizer),
-        "residual": evaluate_value(residual["model"], heldout, tokenizer),
-    }
-    eval_seconds = time.perf_counter() - started
-    half = {name: values_at(fn, heldout, tokenizer, 0.5) for name, fn in (
-        ("learned", learned["model"]), ("prefix_reward", PrefixRewardValue("vader")),
-        ("residual", residual["model"]))}
     rewards = [float(x.reward) for x in heldout]
+    splits = [split_states(tokenizer, x.prompt_text, x.completion) for x in heldout]
+    started = time.perf_counter()
+    values = {  # each value function scores each held-out state once
+        name: {f: values_at(fn, heldout, tokenizer, f, splits=splits) for f in DEFAULT_FRACTIONS}
+        for name, fn in (("learned", learned["model"]),
+                         ("prefix_reward", PrefixRewardValue("vader")),
+                         ("residual", residual["model"]))
+    }
+    scores = {name: metrics_of(v, rewards) for name, v in values.items()}
+    eval_seconds = time.perf_counter() - started
     groups = [json.dumps(x.prompt) for x in heldout]
     paired = {
-        "residual_minus_prefix": _bootstrap_diff(half["residual"], half["prefix_reward"],
-                                                 rewards, groups),
-        "learned_minus_prefix": _bootstrap_diff(half["learned"], half["prefix_reward"],
-                                                rewards, groups),
+        f"{name}_minus_prefix": _bootstrap_diff(values[name][0.5], values["prefix_reward"][0.5],
+                                                rewards, groups)
+        for name in ("residual", "learned")
     }
-    # The saved checkpoints give the same numbers as the in-memory models.
-    reloaded = evaluate_value(load_value_function(learned["checkpoint"]), heldout, tokenizer)
-    if abs(reloaded["spearman"] - scores["learned"]["spearman"]) > 1e-6:
+    # The saved checkpoint gives the same values as the in-memory model.
+    reloaded = values_at(load_value_function(learned["checkpoint"]), heldout, tokenizer, 0.5,
+                         splits=splits)
+    if max(abs(a - b) for a, b in zip(reloaded, values["learned"][0.5], strict=True)) > 1e-4:
         raise RuntimeError("the saved checkpoint scores differently from the trained model")
 
     print(f"\nheld-out: {len(heldout)} samples from {heldout_stats['prompts']} prompts")
@@ -301,7 +298,7 @@ def main() -> None:
     }
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(_no_nan(report), indent=1) + "\n")
+        RESULTS.write_text(json.dumps(json_safe(report), indent=1) + "\n")
         print(f"wrote {RESULTS}")
 
 

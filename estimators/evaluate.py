@@ -13,7 +13,7 @@ prompt shares one state, so only the prompts are ranked.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vas_api.errors import DataError
@@ -22,7 +22,7 @@ from vas_api.types import ValueFunction
 from .data import Sample
 from .states import prefix_at, split_states
 
-__all__ = ["spearman", "evaluate_value", "values_at", "DEFAULT_FRACTIONS"]
+__all__ = ["spearman", "evaluate_value", "values_at", "metrics_of", "json_safe", "DEFAULT_FRACTIONS"]
 
 DEFAULT_FRACTIONS = (0.0, 0.5, 1.0)
 
@@ -137,14 +137,33 @@ def evaluate_value(
     unscored = sum(s.reward is None for s in samples)
     if unscored:
         raise DataError(f"{unscored} of {len(samples)} samples have no reward; pass a reward spec")
-    rewards = [float(s.reward) for s in samples]  # type: ignore[arg-type]
     splits = [split_states(tokenizer, s.prompt_text, s.completion) for s in samples]
-    metrics: dict[str, float] = {"n": float(len(samples))}
-    for f in fractions:
-        values = values_at(value_fn, samples, tokenizer, f, batch_size=batch_size, splits=splits)
-        mse = sum((v - r) ** 2 for v, r in zip(values, rewards, strict=True)) / len(values)
-        metrics[f"mse@{f:g}"] = mse
-        metrics[f"spearman@{f:g}"] = spearman(values, rewards)
-    if 0.5 in fractions:
+    values = {f: values_at(value_fn, samples, tokenizer, f, batch_size=batch_size, splits=splits)
+              for f in fractions}
+    return metrics_of(values, [float(s.reward) for s in samples])  # type: ignore[arg-type]
+
+
+def metrics_of(values: Mapping[float, Sequence[float]], rewards: Sequence[float]) -> dict[str, float]:
+    """The metrics of `evaluate_value` from values already computed: {fraction: one V per sample}.
+
+    Lets a caller that also needs the values themselves (a bootstrap, a plot) score each state
+    once.
+    """
+    metrics: dict[str, float] = {"n": float(len(rewards))}
+    for f, vals in values.items():
+        metrics[f"mse@{f:g}"] = sum((v - r) ** 2 for v, r in zip(vals, rewards, strict=True)) / len(vals)
+        metrics[f"spearman@{f:g}"] = spearman(vals, rewards)
+    if 0.5 in values:
         metrics["mse"], metrics["spearman"] = metrics["mse@0.5"], metrics["spearman@0.5"]
     return metrics
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN (a Spearman over constant values) as None: strict JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

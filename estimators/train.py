@@ -33,7 +33,7 @@ from vas_api.errors import CheckpointError, ConfigError, DataError
 
 from .baselines import PrefixRewardValue, ResidualValueModel
 from .data import Sample, prompt_key, read_samples
-from .evaluate import evaluate_value
+from .evaluate import evaluate_value, json_safe
 from .rewards import build_reward, compute_rewards
 from .states import StateSplit, split_states
 from .td import last_state_rewards, td_lambda_returns, value_loss
@@ -411,6 +411,13 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
     model.eval()  # dropout off, as in the authors' code; gradients still flow
     metrics: dict[str, float] = {}
     batch_index = done_batches
+
+    def save() -> None:
+        """The resumable state after `batch_index` finished batches."""
+        _save_state(state_dir, model, optimizer,
+                    {"batches": batch_index, "config": asdict(cfg), "history": history,
+                     "seconds": prior_seconds + time.perf_counter() - started})
+
     try:
         while batch_index < total:
             pass_no, in_pass = divmod(batch_index, batches_per_pass)
@@ -457,17 +464,12 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
                     bar.write(f"batch {batch_index}: val spearman@0.5 {metrics['spearman']:.3f}, "
                               f"mse@0.5 {metrics['mse']:.4f}")
             if batch_index % max(1, cfg.save_every) == 0 or batch_index == total:
-                elapsed = prior_seconds + time.perf_counter() - started
-                _save_state(state_dir, model, optimizer,
-                            {"batches": batch_index, "config": asdict(cfg), "history": history,
-                             "seconds": elapsed})
+                save()
     except KeyboardInterrupt:
         # Keep what was done: the next run resumes at the last finished batch. A batch cut
         # off halfway is redone from weights that already took part of its epochs.
         if batch_index > done_batches:
-            _save_state(state_dir, model, optimizer,
-                        {"batches": batch_index, "config": asdict(cfg), "history": history,
-                         "seconds": prior_seconds + time.perf_counter() - started})
+            save()
             print(f"\ninterrupted: saved {batch_index}/{total} batches to {state_dir}; "
                   "run the same command again to resume", file=sys.stderr)
         raise
@@ -499,7 +501,7 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
             "seconds_total": round(prior_seconds + (seconds if batch_index > done_batches
                                                     else 0.0), 1),
             "final_loss": history[-1].get("loss_first_epoch") if history else None,
-            "val": {k: (None if v != v else v) for k, v in metrics.items()},  # NaN: null
+            "val": json_safe(metrics),
         },
     })
     out.mkdir(parents=True, exist_ok=True)

@@ -33,11 +33,11 @@ __all__ = ["DEFAULT_LAYERS", "ValueModel", "ValueModelConfig"]
 DEFAULT_LAYERS = 4
 """Layers of SmolLM2-135M kept by default: the fewest that learn a sentiment value, and the most
 that stay within the 50 ms budget on a busy 2-core CPU. Measured (benchmarks/value_latency.py,
-1 torch thread, load ~4): 20 one-token candidates on a cached ~200-token prefix take
-19 / 41 / 62 / 70 / 253 ms (median) with 2 / 4 / 6 / 8 / 30 layers (4 layers on a quiet machine,
-2 threads: ~23 ms). Fine-tuning check (benchmarks/value_layers_probe.py): Spearman of V(half
-completion) with the final VADER reward on unseen prompts 0.04 / 0.44 / 0.52 / 0.52 with
-2 / 4 / 6 / 8 layers (144 samples, one seed: about +-0.07)."""
+benchmarks/results/value_latency.json; 1 torch thread, load ~4.7): 20 one-token candidates on a
+cached ~200-token prefix take 20 / 37 / 81 / 107 / 384 ms (median of 50) with 2 / 4 / 6 / 8 / 30
+layers; 4 layers on a quiet machine: 26 ms. Fine-tuning check (benchmarks/value_layers_probe.py):
+Spearman of V(half completion) with the final VADER reward on unseen prompts 0.04 / 0.44 / 0.52 /
+0.52 with 2 / 4 / 6 / 8 layers (144 samples, one seed: about +-0.07)."""
 
 # Trunk tokens beyond this (a new long prompt) are prefilled with plain causal forwards in
 # chunks of _PREFILL_CHUNK before the tree forward, which keeps the tree's mask small.

@@ -25,6 +25,18 @@ def _private_profile_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         os.environ["VAS_API_CACHE_DIR"] = old
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads
+    contend with other processes (measured: 49 s against 17 s for test_value_model.py)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def local_server():
     """The running LocalServer (SmolLM2-135M-Instruct on llama-cpp-python), one per session."""

@@ -27,14 +27,7 @@ PHRASES = ["I love this movie.", "It was wonderful!", "I hate this.", "It was te
            "The dog ran to the park.", "hello world"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two
-    # threads contend with other processes (10x slower forwards were measured).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(seed: int = 0) -> ValueModel:

@@ -59,14 +59,7 @@ def tiny_model(*, seed: int = 0, bos: bool = False, random_head: bool = True, **
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from 2 threads, and on a busy 2-core machine spinning threads
-    make them several times slower (measured: 49 s vs 17 s for this file under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

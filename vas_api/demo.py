@@ -34,9 +34,9 @@ class DemoRecipe:
 
 
 def _models_dir() -> Path:
-    from estimators.backbone import cache_dir
+    from .paths import cache_dir
 
-    return Path(cache_dir()) / "models"
+    return cache_dir() / "models"
 
 
 def ensure_demo_value_model(provider: Any, recipe: DemoRecipe = DemoRecipe(), *, echo=print) -> Path:

@@ -142,7 +142,7 @@ def eval_value_command(
     from estimators.backbone import load_tokenizer
     from estimators.baselines import PrefixRewardValue, load_value_function
     from estimators.data import read_samples
-    from estimators.evaluate import evaluate_value
+    from estimators.evaluate import evaluate_value, json_safe
     from estimators.train import score_samples
 
     if not model and not baseline:
@@ -160,6 +160,4 @@ def eval_value_command(
         table.add_row(name, *(f"{m[k]:.3f}" for k in ("spearman", "mse", "spearman@0", "spearman@1")))
     Console().print(table)
     if json_out is not None:
-        # NaN (a Spearman over constant values) as null: strict JSON has no NaN.
-        clean = {n: {k: (None if v != v else v) for k, v in m.items()} for n, m in results.items()}
-        json_out.write_text(json.dumps(clean, indent=1))
+        json_out.write_text(json.dumps(json_safe(results), indent=1))
