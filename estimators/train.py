@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from vas_api.errors import CheckpointError, ConfigError, DataError
 
-from .baselines import PrefixRewardValue, ResidualValueModel
+from .baselines import PrefixRewardValue, ResidualValueModel, load_value_function
 from .data import Sample, prompt_key, read_samples
 from .evaluate import evaluate_value, json_safe
 from .rewards import build_reward, compute_rewards
@@ -405,6 +405,13 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
 
     batches_per_pass = math.ceil(len(items) / cfg.batch_size)
     total = batches_per_pass * cfg.passes
+    if done_batches >= total:
+        finished = _finished_checkpoint(out, device)
+        if finished is not None:  # nothing to do: neither evaluate nor write the checkpoint again
+            val = finished.config.metadata["training"].get("val") or {}
+            metrics = {k: math.nan if v is None else v for k, v in val.items()}
+            return TrainResult(finished, metrics, history, time.perf_counter() - started,
+                               done_batches)
     micro = cfg.batch_size // cfg.grad_accum
     value_fn = ResidualValueModel(model, baseline) if baseline is not None else model
     bar = _progress(total, done_batches, progress)
@@ -497,9 +504,7 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
             "skipped_lines": len(read.skipped),
             "too_long": too_long,
             "seconds_this_run": round(seconds, 1),
-            # Across resumed runs; a call that found the run finished adds nothing.
-            "seconds_total": round(prior_seconds + (seconds if batch_index > done_batches
-                                                    else 0.0), 1),
+            "seconds_total": round(prior_seconds + seconds, 1),  # across resumed runs
             "final_loss": history[-1].get("loss_first_epoch") if history else None,
             "val": json_safe(metrics),
         },
@@ -508,6 +513,17 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
     value_fn = ResidualValueModel(model, baseline) if baseline is not None else model
     value_fn.save(out)
     return TrainResult(value_fn, metrics, history, seconds, batch_index)
+
+
+def _finished_checkpoint(out: Path, device: torch.device) -> Any:
+    """The final checkpoint a finished run already wrote to `out`, or None when it is missing or
+    unreadable (then the run writes it again)."""
+    if not (out / "config.json").exists():
+        return None
+    try:
+        return load_value_function(out, device=device)
+    except CheckpointError:
+        return None
 
 
 def _progress(total: int, initial: int, enabled: bool):  # -> tqdm | None

@@ -110,6 +110,20 @@ def test_resuming_continues_where_it_stopped(data, tmp_path):
         train(_cfg(data, tmp_path / "b", passes=2, lr=1e-2), model=tiny_model(), progress=False)
 
 
+def test_a_finished_run_is_returned_as_saved(data, tmp_path):
+    cfg = _cfg(data, tmp_path / "f", passes=1, heldout_fraction=0.34)
+    first = train(cfg, model=tiny_model(), progress=False)
+    saved = (tmp_path / "f" / "config.json").read_text()
+    weights = (tmp_path / "f" / "model.safetensors").stat().st_mtime_ns
+    again = train(cfg, model=tiny_model(seed=1), progress=False)
+    # Neither evaluated nor written again: same metadata (training time too), same file.
+    assert (tmp_path / "f" / "config.json").read_text() == saved
+    assert (tmp_path / "f" / "model.safetensors").stat().st_mtime_ns == weights
+    assert again.batches == first.batches and again.metrics == pytest.approx(first.metrics)
+    texts = [chat("Write story 0.") + "I love this movie."]
+    torch.testing.assert_close(again.model.values(texts), first.model.values(texts))
+
+
 def test_an_interrupt_keeps_the_finished_batches(data, tmp_path, monkeypatch):
     import estimators.train as train_mod
 
