@@ -111,7 +111,7 @@ def test_candidates_keep_top_k_when_eos_is_likely(provider, stock_provider):
     assert max(eos_logprobs) - min(eos_logprobs) < 1e-4
 
 
-def test_exact_server_fixes_stock_collisions(provider, stock_provider):
+def test_exact_server_fixes_stock_collisions(provider, stock_provider, local_server):
     # With k = 100 the stock server's "" entry holds the logprob of the lowest-ranked token
     # that prints as "" (not of EOS) and the dict loses entries; the exact server does not.
     (exact,) = provider.candidates(END_OF_ANSWER, k=100).positions
@@ -119,7 +119,12 @@ def test_exact_server_fixes_stock_collisions(provider, stock_provider):
     assert len(exact.candidates) == 100 and len(stock.candidates) < 100
     exact_eos = exact.find(b"<|im_end|>")
     stock_eos = stock.find(b"")
-    assert exact_eos.logprob == pytest.approx(-0.519, abs=0.01)
+    # No float from one machine: llama.cpp compiles for the CPU it runs on. EOS is the most
+    # likely token here on any build, the exact reporter's value is the model's own (checked
+    # against an in-process evaluation within the prompt-cache drift of ~0.1 nats), and the
+    # stock server's "" entry is far below it.
+    assert exact.candidates[0] is exact_eos and exact_eos.special
+    assert exact_eos.logprob == pytest.approx(_eos_logprob_in_process(local_server), abs=0.15)
     assert stock_eos.logprob < exact_eos.logprob - 5
     # A token with real text can also collide: b" \xe2" prints as " " and overwrites the
     # real " ". So the stock value is never above the exact one, and most are equal.
@@ -143,21 +148,52 @@ def test_exact_server_reports_eos_position_in_drafts(provider):
 
 
 def test_exact_server_partial_utf8_bytes(openai_client, local_server):
-    # Two emoji, each drafted as three tokens; the exact server spells their bytes.
-    response = openai_client.completions.create(
-        model=local_server.model,
-        prompt=ChatTemplate.from_gguf(local_server.gguf_path).render(
-            [{"role": "user", "content": "Reply with one emoji: 😀"}]
-        ),
-        max_tokens=12, logprobs=5, seed=0, temperature=1.0, top_p=1.0,
-        extra_body={"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0},
+    # Emoji are drafted as several byte-fragment tokens; the exact server spells their bytes.
+    # Which emoji a seed samples differs between CPUs, so the test checks relations that hold
+    # for any sample: the fragments join to the choice text, and fragment candidates are bytes,
+    # never end-of-sequence.
+    prompt = ChatTemplate.from_gguf(local_server.gguf_path).render(
+        [{"role": "user", "content": "Reply with one emoji: 😀"}]
     )
-    choice = response.choices[0]
-    positions = parse_logprobs(choice.logprobs, k=5, text=choice.text)
-    raws = [p.sampled.raw for p in positions[:6]]
-    assert raws == [b"\xf0\x9f", b"\x98", b"\x85", b"\xf0\x9f", b"\x98", b"\x86"]
-    assert b"".join(p.sampled.raw for p in positions).decode() == choice.text
-    assert positions[0].candidates[0].raw == b"\xf0\x9f" and not positions[0].candidates[0].special
+    fragments = 0
+    for seed in range(8):
+        response = openai_client.completions.create(
+            model=local_server.model, prompt=prompt, max_tokens=12, logprobs=5, seed=seed,
+            temperature=1.0, top_p=1.0, extra_body={"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0},
+        )
+        choice = response.choices[0]
+        positions = parse_logprobs(choice.logprobs, k=5, text=choice.text)
+        raws = [p.sampled.raw for p in positions if not p.sampled.special]
+        assert b"".join(raws).decode() == choice.text
+        for pos in positions:
+            if pos.sampled.text is None:  # an incomplete UTF-8 sequence on its own
+                fragments += 1
+                assert not pos.sampled.special
+            for c in pos.candidates:
+                assert c.special == (c.raw in (b"<|im_end|>", b"<|endoftext|>", b"<|im_start|>"))
+        if fragments >= 2:
+            break
+    assert fragments >= 2, "no emoji drafted in 8 seeds; the prompt no longer invites one"
+
+
+def _eos_logprob_in_process(local_server) -> float:
+    """log P(<|im_end|>) after END_OF_ANSWER, from the model's raw logits evaluated here."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    text = ChatTemplate.from_gguf(local_server.gguf_path).render(
+        list(END_OF_ANSWER.prompt), add_generation_prompt=True
+    ) + END_OF_ANSWER.response
+    llm = llama_cpp.Llama(
+        model_path=str(local_server.gguf_path), n_ctx=256, logits_all=True, verbose=False
+    )
+    try:
+        tokens = llm.tokenize(text.encode(), add_bos=False, special=True)
+        llm.eval(tokens)
+        logits = np.asarray(llm.scores[len(tokens) - 1], dtype=np.float64)
+        eos = llm.tokenize(b"<|im_end|>", add_bos=False, special=True)[0]
+    finally:
+        llm.close()
+    top = logits.max()
+    return float(logits[eos] - top - math.log(np.exp(logits - top).sum()))
 
 
 def test_draft_16_tokens(provider):

@@ -48,11 +48,14 @@ class Candidate:
         raw: the token's bytes; may be an incomplete UTF-8 sequence (part of a multi-byte char).
         logprob: natural-log probability under the base model (at the server's temperature 1).
         special: an end-of-sequence or other control token; choosing it ends the response.
+        id: the provider's token id, when the server reported one (llama.cpp's server does);
+            lets a continuation be sent as token ids instead of re-tokenized text.
     """
 
     raw: bytes
     logprob: float
     special: bool = False
+    id: int | None = None
 
     @property
     def text(self) -> str | None:
@@ -151,10 +154,18 @@ class Samples:
 
 @dataclass(frozen=True, slots=True)
 class Prefix:
-    """Where generation stands: the user's prompt and the assistant text produced so far."""
+    """Where generation stands: the user's prompt and the assistant text produced so far.
+
+    Attributes:
+        prompt: the user's prompt (a string or chat messages).
+        response: the assistant text produced so far.
+        response_ids: the provider token ids of `response`, in order, when every committed
+            token came with an id; None when unknown (the response is then sent as text).
+    """
 
     prompt: Prompt
     response: str = ""
+    response_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
