@@ -6,17 +6,39 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# llama-cpp-python is an sdist that compiles llama.cpp. Its default -march=native build uses
+# Intel AMX kernels on CPUs that have them, and those crash (SIGSEGV in ggml_backend_amx_mul_mat,
+# on the first prompt longer than one token) where the kernel or sandbox does not grant AMX
+# state: measured on this machine's Xeon with amx_int8. So the wheel is built once per machine
+# for x86-64-v3 (AVX2, FMA, F16C: every x86-64 CPU since about 2015) into a cache outside the
+# repo, and installed from there; a fresh clone reuses it. Delete the folder to rebuild.
+LLAMA_CPP_VERSION := 0.3.36
+BUILD_CACHE ?= $(HOME)/.cache/vas-api-build
+WHEELS := $(BUILD_CACHE)/wheels
+LLAMA_WHEEL_STAMP := $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_BMI2=ON -DGGML_AVX512=OFF -DLLAVA_BUILD=OFF
+
 .PHONY: demo test lint setup clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Re-install only when pyproject.toml changes.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(LLAMA_WHEEL_STAMP): | $(BIN)/python
+	@echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) for x86-64-v3 (once per machine, ~5-9 min on 2 cores)..."
+	mkdir -p $(WHEELS)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip wheel --quiet --no-deps --no-cache-dir -w $(WHEELS) \
+		llama-cpp-python==$(LLAMA_CPP_VERSION)
+	touch $@
+
+# Re-install only when pyproject.toml or this file changes.
+$(STAMP): pyproject.toml Makefile $(LLAMA_WHEEL_STAMP) | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	@echo "Installing vas-api with the local engine (the first llama-cpp-python build compiles for ~8.5 min)..."
-	$(BIN)/pip install --quiet -e '.[local,dev,lora]'
+	$(BIN)/pip install --quiet --no-deps --force-reinstall \
+		$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	@echo "Installing vas-api with the local engine..."
+	$(BIN)/pip install --quiet --find-links $(WHEELS) -e '.[local,dev,lora]'
 	touch $(STAMP)
 
 setup: $(STAMP)
