@@ -99,7 +99,7 @@ def test_async_client_many_in_flight():
         ({"mode": "magic"}, ConfigError, "speculative"),
         ({"value_model": "/no/such/dir"}, CheckpointError, "does not exist"),
         ({"k": 0}, ConfigError, "positive"),
-        ({"stream": True}, ConfigError, "not supported"),
+        ({"logprobs": 5}, ConfigError, "not supported"),
         ({"beta": [1.0, 2.0]}, ConfigError, "one beta per value model"),
     ],
 )

@@ -1,0 +1,314 @@
+"""Streaming VAS responses as the openai SDK's own chunk types.
+
+The decisions live in `StreamState`, a pure object (openai-python's streaming helpers are built
+the same way, STYLE.md): it takes events ("choice i's response is now this text", "all done,
+here is the report") and returns the chunks to send. `VASStream` and `AsyncVASStream` are thin
+loops around it and around the sampler drivers (`vas_api.sampler.run` / `arun`, paused after
+every committed token or accepted run of a draft), and mirror the SDK's `Stream` /
+`AsyncStream`: iteration, context manager, `close()`.
+
+Chunks, as the SDK delivers them with ``stream_options={"include_usage": True}``:
+- chat: `ChatCompletionChunk`s, a first delta with ``role="assistant"`` per choice, then text
+  deltas, then an empty delta with the choice's ``finish_reason``;
+- completions: `Completion`s with ``object="text_completion"``, text deltas, then an empty
+  text with the ``finish_reason``;
+- last, a chunk with no choices and the usage summed over every API call, with the `VASReport`
+  as ``chunk.vas`` (also ``stream.vas`` once the stream is done).
+Text that could still be the start of a stop string is held back until it cannot match any
+more, so the joined deltas equal the non-streamed response exactly.
+
+API calls happen only while the stream is read: closing it early (``close()``, leaving a
+``with`` block, or dropping it after a ``break``) makes no further calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from .report import VASReport
+from .sampler import Timings, arun, run
+from .sampler.core import _SamplerBase
+from .types import ValueFunction
+
+__all__ = ["Progress", "Finished", "StreamState", "VASStream", "AsyncVASStream", "held_back"]
+
+_T = TypeVar("_T")
+Kind = Literal["completion", "chat"]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Choice `index` has committed tokens: its response so far is `text`.
+
+    `finish_reason` is set once the choice is done (then `text` is final).
+    """
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """Every choice is done; `report` holds the summed usage and what VAS did."""
+
+    report: VASReport
+
+
+Event = Progress | Finished
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters of `text` could still begin a stop string (0 if none).
+
+    Those characters are not streamed yet: the next token may complete the stop string, and a
+    stop string and what follows it are never part of the response.
+    """
+    longest = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:k]):
+                longest = k
+                break
+    return longest
+
+
+class StreamState:
+    """Pure: turns stream events into SDK chunks (no I/O, no clock but the one at creation).
+
+    Args:
+        kind: "chat" (ChatCompletionChunk) or "completion" (Completion chunks).
+        model: the model name the chunks carry.
+        n: number of choices.
+        stop: the request's stop strings (text that may start one is held back).
+        include_usage: end with a usage chunk that carries the report.
+    """
+
+    def __init__(
+        self, kind: Kind, model: str, n: int, stop: Sequence[str], include_usage: bool = True
+    ) -> None:
+        self.kind, self.model, self.stop, self.include_usage = kind, model, tuple(stop), include_usage
+        self.id = f"vas-{uuid.uuid4().hex[:16]}"
+        self.created = int(time.time())
+        self._sent = [0] * n  # characters of each choice already streamed
+        self._started = [False] * n
+        self._finished = [False] * n
+        self.report: VASReport | None = None
+
+    def handle_event(self, event: Event) -> list[Any]:
+        """The chunks that `event` releases, in order (possibly none)."""
+        if isinstance(event, Finished):
+            self.report = event.report
+            return [self._usage_chunk(event.report)] if self.include_usage else []
+        i, out = event.index, []
+        if self._finished[i]:
+            return []
+        if not self._started[i] and self.kind == "chat":
+            out.append(self._chunk(i, "", role=True))
+        self._started[i] = True
+        done = event.finish_reason is not None
+        safe = len(event.text) if done else len(event.text) - held_back(event.text, self.stop)
+        if safe > self._sent[i]:
+            out.append(self._chunk(i, event.text[self._sent[i] : safe]))
+            self._sent[i] = safe
+        if done:
+            self._finished[i] = True
+            reason = event.finish_reason if event.finish_reason in ("stop", "length") else "stop"
+            out.append(self._chunk(i, "", finish_reason=reason))
+        return out
+
+    # -- chunk shapes (the SDK's own types) -------------------------------------------------
+    def _chunk(self, index: int, text: str, *, role: bool = False, finish_reason: str | None = None) -> Any:
+        if self.kind == "chat":
+            from openai.types.chat import ChatCompletionChunk
+            from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
+
+            delta = ChoiceDelta(role="assistant", content="") if role else (
+                ChoiceDelta() if finish_reason else ChoiceDelta(content=text)
+            )
+            return ChatCompletionChunk(
+                id=self.id, created=self.created, model=self.model, object="chat.completion.chunk",
+                choices=[Choice(index=index, delta=delta, finish_reason=finish_reason, logprobs=None)],
+            )
+        from openai.types import Completion, CompletionChoice
+
+        # Streamed completion chunks have finish_reason None until the last one, which the
+        # SDK's (validated) CompletionChoice does not allow: built unvalidated, as the SDK does.
+        choice = CompletionChoice.model_construct(index=index, text=text, finish_reason=finish_reason, logprobs=None)
+        return Completion.model_construct(
+            id=self.id, created=self.created, model=self.model, object="text_completion", choices=[choice],
+        )
+
+    def _usage_chunk(self, report: VASReport) -> Any:
+        from openai.types import Completion, CompletionUsage
+        from openai.types.chat import ChatCompletionChunk
+
+        u = report.usage
+        usage = CompletionUsage(
+            prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+            total_tokens=u.total_tokens, prompt_tokens_details={"cached_tokens": u.cached_tokens},
+        )
+        if self.kind == "chat":
+            chunk = ChatCompletionChunk(
+                id=self.id, created=self.created, model=self.model, object="chat.completion.chunk",
+                choices=[], usage=usage,
+            )
+        else:
+            chunk = Completion.model_construct(
+                id=self.id, created=self.created, model=self.model, object="text_completion",
+                choices=[], usage=usage,
+            )
+        chunk.vas = report
+        return chunk
+
+
+Finish = Callable[[list[Timings], float], VASReport]
+"""Builds the request's report from each choice's timings and the total wall time."""
+
+
+def _committed(sampler: _SamplerBase) -> Callable[[], bool]:
+    """True once `sampler` has committed a token (or finished) since this was made."""
+    before = len(sampler.steps)
+    return lambda: sampler.done or len(sampler.steps) > before
+
+
+class VASStream(Generic[_T]):
+    """A synchronous stream of chunks, like the SDK's `openai.Stream`.
+
+    Iterate it (``for chunk in stream``), use it as a context manager, or `close()` it; each
+    step of iteration makes the API calls for the next committed token(s), nothing runs ahead.
+
+    Attributes:
+        vas: the VASReport, once the stream has ended (None before).
+    """
+
+    def __init__(
+        self, state: StreamState, samplers: list[_SamplerBase], provider: Any,
+        value_fns: Sequence[ValueFunction], finish: Finish,
+    ) -> None:
+        self._state, self._samplers, self._provider = state, samplers, provider
+        self._value_fns, self._finish = value_fns, finish
+        self._iterator = self._chunks()
+
+    @property
+    def vas(self) -> VASReport | None:
+        return self._state.report
+
+    def _chunks(self) -> Iterator[Any]:
+        timings = [Timings() for _ in self._samplers]
+        start = time.perf_counter()
+        for i, (s, t) in enumerate(zip(self._samplers, timings, strict=True)):
+            while True:
+                run(s, self._provider, self._value_fns, t, pause_when=_committed(s))
+                yield from self._state.handle_event(Progress(i, s.response, s.finish_reason))
+                if s.done:
+                    break
+        report = self._finish(timings, time.perf_counter() - start)
+        yield from self._state.handle_event(Finished(report))
+
+    def __next__(self) -> _T:
+        return self._iterator.__next__()
+
+    def __iter__(self) -> Iterator[_T]:
+        yield from self._iterator
+
+    def close(self) -> None:
+        """Stop the stream: no further API calls are made."""
+        self._iterator.close()
+
+    def __enter__(self) -> VASStream[_T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncVASStream(Generic[_T]):
+    """An asyncio stream of chunks, like the SDK's `openai.AsyncStream`.
+
+    ``async for chunk in stream``, ``async with stream``, ``await stream.close()`` (or
+    `aclose()`). With n > 1 the choices run concurrently and their chunks interleave, each
+    tagged with its choice index; closing the stream (or dropping it) cancels them at once.
+
+    Attributes:
+        vas: the VASReport, once the stream has ended (None before).
+    """
+
+    def __init__(
+        self, state: StreamState, samplers: list[_SamplerBase], provider: Any,
+        value_fns: Sequence[ValueFunction], finish: Finish,
+    ) -> None:
+        self._state, self._samplers, self._provider = state, samplers, provider
+        self._value_fns, self._finish = value_fns, finish
+        self._tasks: list[asyncio.Task[None]] = []
+        self._iterator = self._chunks()
+
+    @property
+    def vas(self) -> VASReport | None:
+        return self._state.report
+
+    async def _choice(self, i: int, s: _SamplerBase, t: Timings, queue: asyncio.Queue[Any]) -> None:
+        try:
+            while True:
+                await arun(s, self._provider, self._value_fns, t, pause_when=_committed(s))
+                await queue.put(Progress(i, s.response, s.finish_reason))
+                if s.done:
+                    return
+        except Exception as exc:  # handed to the reader, which raises it
+            await queue.put(exc)
+
+    async def _chunks(self) -> AsyncIterator[Any]:
+        timings = [Timings() for _ in self._samplers]
+        start = time.perf_counter()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._tasks = [
+            asyncio.ensure_future(self._choice(i, s, t, queue))
+            for i, (s, t) in enumerate(zip(self._samplers, timings, strict=True))
+        ]
+        try:
+            remaining = len(self._samplers)
+            while remaining:
+                event = await queue.get()
+                if isinstance(event, Exception):
+                    raise event
+                remaining -= event.finish_reason is not None
+                for chunk in self._state.handle_event(event):
+                    yield chunk
+        finally:
+            self._cancel()
+        report = self._finish(timings, time.perf_counter() - start)
+        for chunk in self._state.handle_event(Finished(report)):
+            yield chunk
+
+    def _cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def __anext__(self) -> _T:
+        return await self._iterator.__anext__()
+
+    async def __aiter__(self) -> AsyncIterator[_T]:
+        async for chunk in self._iterator:
+            yield chunk
+
+    async def close(self) -> None:
+        """Stop the stream: the choices still running are cancelled; no further API calls."""
+        self._cancel()
+        await self._iterator.aclose()
+
+    aclose = close
+
+    async def __aenter__(self) -> AsyncVASStream[_T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        # Dropped after a `break` without close(): stop the choices' tasks (no more calls).
+        self._cancel()
