@@ -265,7 +265,8 @@ class AsyncVASStream(Generic[_T]):
     async def _chunks(self) -> AsyncIterator[Any]:
         timings = [Timings() for _ in self._samplers]
         start = time.perf_counter()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        # Bounded: a choice runs at most one event ahead of the reader, as the sync stream does.
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=len(self._samplers))
         self._tasks = [
             asyncio.ensure_future(self._choice(i, s, t, queue))
             for i, (s, t) in enumerate(zip(self._samplers, timings, strict=True))
