@@ -362,3 +362,25 @@ def test_closing_an_async_stream_on_the_local_server_stops_the_calls(local_serve
 
     at_close, after = asyncio.run(main())
     assert after == at_close < 2 * 40
+
+
+def test_an_async_stream_dropped_after_break_cancels_its_choices():
+    async def main():
+        fake = AsyncFakeProvider(FakeProvider(table_model({"a": 0.5, "b": 0.5}), seed=1))
+        client = vas_api.wrap(fake, k=2, mode="token")
+        stream = await client.completions.create(model="f", prompt="x", max_tokens=50, n=2, seed=0, stream=True)
+        async for _ in stream:
+            break
+        tasks = list(stream._tasks)
+        del stream
+        gc.collect()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        calls = len(fake.history)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        return [t.cancelled() for t in tasks], calls, len(fake.history)  # inside the loop's life
+
+    cancelled, calls, later = asyncio.run(main())
+    assert cancelled == [True, True]
+    assert later == calls < 2 * 50

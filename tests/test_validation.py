@@ -200,3 +200,25 @@ def test_a_value_model_with_broken_weights_is_refused_when_loaded():
     with pytest.raises(ValueModelError, match="weights are broken"):
         probe_value_model(Broken("nan"), "/ckpt")
     probe_value_model(LikesGood(), "/ckpt")  # a finite one passes
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_before_any_call(tmp_path, one_torch_thread):
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from estimators import ValueModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(__file__).parent / "data" / "tiny_tokenizer"))
+    config = LlamaConfig(vocab_size=520, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    model = ValueModel.from_config(config, tokenizer)
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    model.save(tmp_path / "ckpt")
+    provider = fake()
+    client = vas_api.wrap(provider, k=4)
+    with pytest.raises(ValueModelError, match="weights are broken"):
+        client.completions.create(model="f", prompt="x", value_model=str(tmp_path / "ckpt"), beta=1.0)
+    assert provider.history == []

@@ -24,6 +24,7 @@ API calls happen only while the stream is read: closing it early (``close()``, l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -228,6 +229,25 @@ class VASStream(Generic[_T]):
         self.close()
 
 
+async def _drive_choice(
+    i: int, s: _SamplerBase, provider: Any, value_fns: Sequence[ValueFunction], t: Timings,
+    queue: asyncio.Queue[Any],
+) -> None:
+    """One choice of an async stream: a Progress event after every commit, or its error.
+
+    A module function, not a method: a running task must not keep its stream alive, so that a
+    stream dropped after a `break` is collected and cancels its tasks.
+    """
+    try:
+        while True:
+            await arun(s, provider, value_fns, t, pause_when=_committed(s))
+            await queue.put(Progress(i, s.response, s.finish_reason))
+            if s.done:
+                return
+    except Exception as exc:  # handed to the reader, which raises it
+        await queue.put(exc)
+
+
 class AsyncVASStream(Generic[_T]):
     """An asyncio stream of chunks, like the SDK's `openai.AsyncStream`.
 
@@ -252,23 +272,13 @@ class AsyncVASStream(Generic[_T]):
     def vas(self) -> VASReport | None:
         return self._state.report
 
-    async def _choice(self, i: int, s: _SamplerBase, t: Timings, queue: asyncio.Queue[Any]) -> None:
-        try:
-            while True:
-                await arun(s, self._provider, self._value_fns, t, pause_when=_committed(s))
-                await queue.put(Progress(i, s.response, s.finish_reason))
-                if s.done:
-                    return
-        except Exception as exc:  # handed to the reader, which raises it
-            await queue.put(exc)
-
     async def _chunks(self) -> AsyncIterator[Any]:
         timings = [Timings() for _ in self._samplers]
         start = time.perf_counter()
         # Bounded: a choice runs at most one event ahead of the reader, as the sync stream does.
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=len(self._samplers))
         self._tasks = [
-            asyncio.ensure_future(self._choice(i, s, t, queue))
+            asyncio.ensure_future(_drive_choice(i, s, self._provider, self._value_fns, t, queue))
             for i, (s, t) in enumerate(zip(self._samplers, timings, strict=True))
         ]
         try:
@@ -288,14 +298,18 @@ class AsyncVASStream(Generic[_T]):
 
     def _cancel(self) -> None:
         for task in self._tasks:
-            task.cancel()
+            if not task.done():
+                # RuntimeError: its event loop is already closed, so nothing runs any more.
+                with contextlib.suppress(RuntimeError):
+                    task.cancel()
 
     async def __anext__(self) -> _T:
         return await self._iterator.__anext__()
 
-    async def __aiter__(self) -> AsyncIterator[_T]:
-        async for chunk in self._iterator:
-            yield chunk
+    def __aiter__(self) -> AsyncVASStream[_T]:
+        # The stream itself, not a wrapping generator: nothing else then holds it after a
+        # `break`, so dropping it cancels its choices (see __del__).
+        return self
 
     async def close(self) -> None:
         """Stop the stream: the choices still running are cancelled; no further API calls."""
