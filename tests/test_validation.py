@@ -197,9 +197,15 @@ def test_checked_scores_counts_positions():
 
 
 def test_a_value_model_with_broken_weights_is_refused_when_loaded():
-    with pytest.raises(ValueModelError, match="weights are broken"):
-        probe_value_model(Broken("nan"), "/ckpt")
-    probe_value_model(LikesGood(), "/ckpt")  # a finite one passes
+    import torch
+
+    module = torch.nn.Linear(2, 1)
+    probe_value_model(module, "/ckpt")  # finite weights pass
+    probe_value_model(LikesGood(), "/ckpt")  # no weights to check
+    with torch.no_grad():
+        module.weight[0, 1] = float("inf")
+    with pytest.raises(ValueModelError, match=r"inf in its weights \(weight\)"):
+        probe_value_model(module, "/ckpt")
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_before_any_call(tmp_path, one_torch_thread):

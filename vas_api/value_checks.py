@@ -2,7 +2,7 @@
 
 A broken value model (NaN weights, a custom function with a bug) would otherwise surface as a
 raw numpy error deep in the sampler, after API calls were paid for. `checked_scores` runs on
-every score call; `probe_value_model` runs once when a checkpoint is loaded, before any call.
+every score call; `probe_value_model` checks a checkpoint's weights once when it is loaded, before any call.
 """
 
 from __future__ import annotations
@@ -72,17 +72,24 @@ def checked_scores(
 
 
 def probe_value_model(value_model: Any, where: str) -> None:
-    """Score one short text and refuse the model unless the value is one finite number.
+    """Refuse a loaded value model whose weights hold NaN or inf (they load without complaint
+    and would score every text NaN). Checks every parameter of a torch module; other value
+    functions have no weights to check here (their outputs are checked on every call).
 
     Raises:
-        ValueModelError: NaN, inf or the wrong count (e.g. a checkpoint with NaN weights).
+        ValueModelError: a non-finite weight, named.
     """
-    arr = as_scores(value_model.values(["Hello."]))
-    if arr.shape != (1,) or not np.isfinite(arr).all():
-        raise ValueModelError(
-            f"the value model at {where} gives {arr.tolist()} for the text 'Hello.', not one finite "
-            "number: its weights are broken (NaN or inf). Retrain it or load another checkpoint."
-        )
+    parameters = getattr(value_model, "named_parameters", None)
+    if parameters is None:
+        return
+    import torch
+
+    for name, p in parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise ValueModelError(
+                f"the value model at {where} has NaN or inf in its weights ({name}): its weights are "
+                "broken, so every score would be NaN. Retrain it or load another checkpoint."
+            )
 
 
 def _name(value_model: Any) -> str:
