@@ -13,20 +13,13 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletionChunk
 
 import vas_api
-from vas_api.providers.fake import EOS, AsyncFakeProvider, FakeProvider, table_model
+from tests.test_client import TABLE, LikesGood
+from tests.test_vas_integration import _Recorder
+from vas_api.providers.fake import AsyncFakeProvider, FakeProvider, table_model
 from vas_api.report import VASReport
 from vas_api.streaming import AsyncVASStream, VASStream, held_back
 
-TABLE = {"good": 0.3, " bad": 0.3, " fine": 0.2, " ok": 0.1, "!": 0.05, EOS: 0.05}
 USER = [{"role": "user", "content": "hi"}]
-
-
-class LikesGood:
-    def values(self, texts):
-        return [t.count("good") for t in texts]
-
-    def score_candidates(self, prefix_text, candidate_texts):
-        return [(prefix_text + c).count("good") for c in candidate_texts]
 
 
 def joined(chunks, n=1):
@@ -218,31 +211,9 @@ def test_an_error_in_a_choice_reaches_the_reader():
 # -- against the real local server ----------------------------------------------------------
 
 
-class _Recorder:
-    """Wraps a provider: records every answer, or replays recorded answers in order."""
-
-    def __init__(self, inner, replay=None):
-        self.inner, self.model, self.profile = inner, inner.model, inner.profile
-        self.answers, self._replay = [], list(replay) if replay is not None else None
-
-    def prompt_text(self, prompt):
-        return self.inner.prompt_text(prompt)
-
-    def _answer(self, call, *args, **kwargs):
-        if self._replay is not None:
-            return self._replay.pop(0)
-        out = getattr(self.inner, call)(*args, **kwargs)
-        self.answers.append(out)
-        return out
-
-    def candidates(self, prefix, *, k):
-        return self._answer("candidates", prefix, k=k)
-
-    def draft(self, prefix, *, m, k, restrict_top_k=False):
-        return self._answer("draft", prefix, m=m, k=k, restrict_top_k=restrict_top_k)
-
-
 class _AsyncRecorder(_Recorder):
+    """The recorder of tests/test_vas_integration.py around an async provider (recording only)."""
+
     async def _aanswer(self, call, *args, **kwargs):
         out = await getattr(self.inner, call)(*args, **kwargs)
         self.answers.append(out)

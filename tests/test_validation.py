@@ -11,21 +11,13 @@ import openai
 import pytest
 
 import vas_api
+from tests.test_client import TABLE, LikesGood
 from vas_api.errors import ConfigError, ValueModelError
-from vas_api.providers.fake import EOS, FakeProvider, table_model
+from vas_api.providers.fake import FakeProvider, table_model
 from vas_api.request_checks import flatten_messages
 from vas_api.value_checks import checked_scores, probe_value_model
 
-TABLE = {"good": 0.3, " bad": 0.3, " fine": 0.2, " ok": 0.1, "!": 0.05, EOS: 0.05}
 USER = [{"role": "user", "content": "hi"}]
-
-
-class LikesGood:
-    def values(self, texts):
-        return [t.count("good") for t in texts]
-
-    def score_candidates(self, prefix_text, candidate_texts):
-        return [(prefix_text + c).count("good") for c in candidate_texts]
 
 
 class Broken(LikesGood):

@@ -178,15 +178,8 @@ def _committed(sampler: _SamplerBase) -> Callable[[], bool]:
     return lambda: sampler.done or len(sampler.steps) > before
 
 
-class VASStream(Generic[_T]):
-    """A synchronous stream of chunks, like the SDK's `openai.Stream`.
-
-    Iterate it (``for chunk in stream``), use it as a context manager, or `close()` it; each
-    step of iteration makes the API calls for the next committed token(s), nothing runs ahead.
-
-    Attributes:
-        vas: the VASReport, once the stream has ended (None before).
-    """
+class _StreamBase:
+    """What both streams hold: the chunk state, the samplers and what answers them."""
 
     def __init__(
         self, state: StreamState, samplers: list[_SamplerBase], provider: Any,
@@ -194,11 +187,23 @@ class VASStream(Generic[_T]):
     ) -> None:
         self._state, self._samplers, self._provider = state, samplers, provider
         self._value_fns, self._finish = value_fns, finish
-        self._iterator = self._chunks()
 
     @property
     def vas(self) -> VASReport | None:
+        """The VASReport, once the stream has ended (None before)."""
         return self._state.report
+
+
+class VASStream(_StreamBase, Generic[_T]):
+    """A synchronous stream of chunks, like the SDK's `openai.Stream`.
+
+    Iterate it (``for chunk in stream``), use it as a context manager, or `close()` it; each
+    step of iteration makes the API calls for the next committed token(s), nothing runs ahead.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._iterator = self._chunks()
 
     def _chunks(self) -> Iterator[Any]:
         timings = [Timings() for _ in self._samplers]
@@ -248,29 +253,18 @@ async def _drive_choice(
         await queue.put(exc)
 
 
-class AsyncVASStream(Generic[_T]):
+class AsyncVASStream(_StreamBase, Generic[_T]):
     """An asyncio stream of chunks, like the SDK's `openai.AsyncStream`.
 
     ``async for chunk in stream``, ``async with stream``, ``await stream.close()`` (or
     `aclose()`). With n > 1 the choices run concurrently and their chunks interleave, each
     tagged with its choice index; closing the stream (or dropping it) cancels them at once.
-
-    Attributes:
-        vas: the VASReport, once the stream has ended (None before).
     """
 
-    def __init__(
-        self, state: StreamState, samplers: list[_SamplerBase], provider: Any,
-        value_fns: Sequence[ValueFunction], finish: Finish,
-    ) -> None:
-        self._state, self._samplers, self._provider = state, samplers, provider
-        self._value_fns, self._finish = value_fns, finish
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self._tasks: list[asyncio.Task[None]] = []
         self._iterator = self._chunks()
-
-    @property
-    def vas(self) -> VASReport | None:
-        return self._state.report
 
     async def _chunks(self) -> AsyncIterator[Any]:
         timings = [Timings() for _ in self._samplers]
