@@ -330,15 +330,23 @@ class VASClient(_Base):
         self.completions = Completions(self)
         self.chat = Chat(self)
 
+    @staticmethod
+    def _drive(plan: _Plan):
+        """How this request drives one sampler (the one place that calls `run`)."""
+        def drive(s: _SamplerBase, t: Timings, pause_when: Any = None) -> Timings:
+            return run(s, plan.provider, plan.value_fns, t, pause_when=pause_when)
+        return drive
+
     def _create(self, kind: str, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]):
         plan = self._plan(kind, model, prompt, sdk, vas)
+        drive = self._drive(plan)
         if plan.stream:
-            return VASStream(self._stream_state(plan), plan.samplers, plan.provider, plan.value_fns,
+            return VASStream(self._stream_state(plan), plan.samplers, drive,
                              lambda per, total: self._report(plan, per, total))
         timings = Timings()
         start = time.perf_counter()
         for s in plan.samplers:
-            run(s, plan.provider, plan.value_fns, timings)
+            drive(s, timings)
         return _response(plan, self._report(plan, [timings], time.perf_counter() - start))
 
 
@@ -350,15 +358,23 @@ class AsyncVASClient(_Base):
         self.completions = AsyncCompletions(self)
         self.chat = AsyncChat(self)
 
+    @staticmethod
+    def _drive(plan: _Plan):
+        """How this request drives one sampler (the one place that calls `arun`)."""
+        async def drive(s: _SamplerBase, t: Timings, pause_when: Any = None) -> Timings:
+            return await arun(s, plan.provider, plan.value_fns, t, pause_when=pause_when)
+        return drive
+
     async def _create(self, kind: str, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]):
         plan = self._plan(kind, model, prompt, sdk, vas)
+        drive = self._drive(plan)
         if plan.stream:
-            return AsyncVASStream(self._stream_state(plan), plan.samplers, plan.provider, plan.value_fns,
+            return AsyncVASStream(self._stream_state(plan), plan.samplers, drive,
                                   lambda per, total: self._report(plan, per, total))
-        samplers, provider, value_fns = plan.samplers, plan.provider, plan.value_fns
+        samplers = plan.samplers
         per = [Timings() for _ in samplers]
         start = time.perf_counter()
-        await asyncio.gather(*(arun(s, provider, value_fns, t) for s, t in zip(samplers, per, strict=True)))
+        await asyncio.gather(*(drive(s, t) for s, t in zip(samplers, per, strict=True)))
         return _response(plan, self._report(plan, per, time.perf_counter() - start))
 
 

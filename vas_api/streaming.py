@@ -3,8 +3,8 @@
 The decisions live in `StreamState`, a pure object (openai-python's streaming helpers are built
 the same way, STYLE.md): it takes events ("choice i's response is now this text", "all done,
 here is the report") and returns the chunks to send. `VASStream` and `AsyncVASStream` are thin
-loops around it and around the sampler drivers (`vas_api.sampler.run` / `arun`, paused after
-every committed token or accepted run of a draft), and mirror the SDK's `Stream` /
+loops around it and around a `Drive` the client gives them (its `vas_api.sampler.run` / `arun`
+call, paused after every committed token or accepted run of a draft), and mirror the SDK's `Stream` /
 `AsyncStream`: iteration, context manager, `close()`.
 
 Chunks, as the SDK delivers them with ``stream_options={"include_usage": True}``:
@@ -27,14 +27,13 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from .report import VASReport
-from .sampler import Timings, arun, run
+from .sampler import Timings
 from .sampler.core import _SamplerBase
-from .types import ValueFunction
 
 __all__ = ["Progress", "Finished", "StreamState", "VASStream", "AsyncVASStream", "held_back"]
 
@@ -171,6 +170,11 @@ class StreamState:
 Finish = Callable[[list[Timings], float], VASReport]
 """Builds the request's report from each choice's timings and the total wall time."""
 
+PauseWhen = Callable[[], bool]
+Drive = Callable[[_SamplerBase, Timings, PauseWhen], Any]
+"""Drives one sampler (the client's `run` / `arun` with the request's provider and value models)
+until `pause_when()` holds or it is done; the async stream awaits what it returns."""
+
 
 def _committed(sampler: _SamplerBase) -> Callable[[], bool]:
     """True once `sampler` has committed a token (or finished) since this was made."""
@@ -181,12 +185,8 @@ def _committed(sampler: _SamplerBase) -> Callable[[], bool]:
 class _StreamBase:
     """What both streams hold: the chunk state, the samplers and what answers them."""
 
-    def __init__(
-        self, state: StreamState, samplers: list[_SamplerBase], provider: Any,
-        value_fns: Sequence[ValueFunction], finish: Finish,
-    ) -> None:
-        self._state, self._samplers, self._provider = state, samplers, provider
-        self._value_fns, self._finish = value_fns, finish
+    def __init__(self, state: StreamState, samplers: list[_SamplerBase], drive: Drive, finish: Finish) -> None:
+        self._state, self._samplers, self._drive, self._finish = state, samplers, drive, finish
 
     @property
     def vas(self) -> VASReport | None:
@@ -210,7 +210,7 @@ class VASStream(_StreamBase, Generic[_T]):
         start = time.perf_counter()
         for i, (s, t) in enumerate(zip(self._samplers, timings, strict=True)):
             while True:
-                run(s, self._provider, self._value_fns, t, pause_when=_committed(s))
+                self._drive(s, t, _committed(s))
                 yield from self._state.handle_event(Progress(i, s.response, s.finish_reason))
                 if s.done:
                     break
@@ -235,8 +235,7 @@ class VASStream(_StreamBase, Generic[_T]):
 
 
 async def _drive_choice(
-    i: int, s: _SamplerBase, provider: Any, value_fns: Sequence[ValueFunction], t: Timings,
-    queue: asyncio.Queue[Any],
+    i: int, s: _SamplerBase, drive: Callable[..., Awaitable[Any]], t: Timings, queue: asyncio.Queue[Any]
 ) -> None:
     """One choice of an async stream: a Progress event after every commit, or its error.
 
@@ -245,7 +244,7 @@ async def _drive_choice(
     """
     try:
         while True:
-            await arun(s, provider, value_fns, t, pause_when=_committed(s))
+            await drive(s, t, _committed(s))
             await queue.put(Progress(i, s.response, s.finish_reason))
             if s.done:
                 return
@@ -272,7 +271,7 @@ class AsyncVASStream(_StreamBase, Generic[_T]):
         # Bounded: a choice runs at most one event ahead of the reader, as the sync stream does.
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=len(self._samplers))
         self._tasks = [
-            asyncio.ensure_future(_drive_choice(i, s, self._provider, self._value_fns, t, queue))
+            asyncio.ensure_future(_drive_choice(i, s, self._drive, t, queue))
             for i, (s, t) in enumerate(zip(self._samplers, timings, strict=True))
         ]
         try:
