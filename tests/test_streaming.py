@@ -355,3 +355,18 @@ def test_an_async_stream_dropped_after_break_cancels_its_choices():
     cancelled, calls, later = asyncio.run(main())
     assert cancelled == [True, True]
     assert later == calls < 2 * 50
+
+
+def test_a_sync_stream_resumes_after_a_break_like_the_sdks():
+    def make_client():
+        return vas_api.wrap(FakeProvider(table_model({"a": 0.5, "b": 0.5}), seed=1), k=2, mode="token")
+
+    whole = list(make_client().completions.create(model="f", prompt="x", max_tokens=6, seed=0, stream=True))
+    stream = make_client().completions.create(model="f", prompt="x", max_tokens=6, seed=0, stream=True)
+    head = []
+    for chunk in stream:
+        head.append(chunk)
+        if len(head) == 2:
+            break
+    rest = list(stream)
+    assert joined(head + rest) == joined(whole) and len(head + rest) == len(whole)

@@ -73,7 +73,7 @@ def flatten_messages(messages: Any) -> list[dict[str, Any]]:
                 "messages (no tool calling): drop tool turns or summarise them as text."
             )
         for key in ("tool_calls", "function_call", "audio"):
-            if is_given(m.get(key)):
+            if is_given(m.get(key)) and m[key] != []:
                 raise ConfigError(f"messages[{i}] has {key}; VAS requests continue text only: drop it.")
         out.append({**m, "content": _content_text(i, role, m.get("content"))})
     return out

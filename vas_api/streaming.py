@@ -220,8 +220,9 @@ class VASStream(_StreamBase, Generic[_T]):
     def __next__(self) -> _T:
         return self._iterator.__next__()
 
-    def __iter__(self) -> Iterator[_T]:
-        yield from self._iterator
+    def __iter__(self) -> VASStream[_T]:
+        # The stream itself (as `__aiter__`): a `break` leaves it open, and reading on resumes.
+        return self
 
     def close(self) -> None:
         """Stop the stream: no further API calls are made."""
