@@ -264,3 +264,13 @@ def test_create_is_overloaded_for_stream_and_no_stream():
         assert with_stream.__annotations__["stream"] == "Literal[True]"
         assert with_stream.__annotations__["return"] == streamed
         assert without.__annotations__["return"] in ("Completion", "ChatCompletion")
+
+
+def test_with_options_on_the_async_client_stays_async():
+    from vas_api.resources import AsyncChatCompletions
+
+    client = vas_api.wrap(AsyncFakeProvider(FakeProvider(table_model(TABLE), seed=1)), k=4)
+    other = client.with_options(k=2, mode="token")
+    assert isinstance(other, vas_api.AsyncVASClient) and isinstance(other.chat.completions, AsyncChatCompletions)
+    resp = asyncio.run(other.completions.create(model="f", prompt="x", max_tokens=3))
+    assert resp.vas.k == 2 and resp.vas.mode == "token" and client.defaults["k"] == 4
