@@ -99,7 +99,7 @@ def test_async_client_many_in_flight():
         ({"mode": "magic"}, ConfigError, "speculative"),
         ({"value_model": "/no/such/dir"}, CheckpointError, "does not exist"),
         ({"k": 0}, ConfigError, "positive"),
-        ({"stream": True}, ConfigError, "not supported"),
+        ({"logprobs": 5}, ConfigError, "not supported"),
         ({"beta": [1.0, 2.0]}, ConfigError, "one beta per value model"),
     ],
 )
@@ -145,3 +145,132 @@ def test_provider_that_returns_no_logprobs():
     client = vas_api.wrap(Silent(table_model(TABLE)))
     with pytest.raises(NoLogprobsError, match="no logprobs"):
         client.completions.create(model="f", prompt="x")
+
+
+# -- SDK pass-through, through the real openai SDK (HTTP mocked with respx) -------------------
+
+BASE = "http://mock.test/v1"
+
+
+def _one_token_body(token=" a"):
+    """A legacy /v1/completions body with one position and two candidates."""
+    return {
+        "id": "c", "object": "text_completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "text": token, "finish_reason": "length", "logprobs": {
+            "tokens": [token], "text_offset": [0], "token_logprobs": [-0.5],
+            "top_logprobs": [{" a": -0.5, " b": -1.0}]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+
+
+def _sdk(async_=False, **kw):
+    import httpx
+    import openai
+
+    # Legacy httpx clients so respx can intercept (the SDK's default transport is httpx2).
+    if async_:
+        return openai.AsyncOpenAI(base_url=BASE, api_key="sk-test", max_retries=0, http_client=httpx.AsyncClient(), **kw)
+    return openai.OpenAI(base_url=BASE, api_key="sk-test", max_retries=0, http_client=httpx.Client(), **kw)
+
+
+PASS = dict(extra_headers={"X-Trace": "t1"}, extra_query={"tag": "q"}, extra_body={"cache_prompt": False}, timeout=7.5)
+
+
+def _check_every_request(route, calls):
+    import json
+
+    assert len(route.calls) == calls
+    for call in route.calls:
+        req = call.request
+        body = json.loads(req.content)
+        assert req.headers["x-trace"] == "t1" and req.url.params["tag"] == "q"
+        assert body["cache_prompt"] is False and body["top_k"] in (0, 2)  # VAS's own samplers stay
+        assert req.extensions["timeout"] == {"connect": 7.5, "read": 7.5, "write": 7.5, "pool": 7.5}
+
+
+@pytest.mark.parametrize("mode", ["token", "speculative"])
+def test_extra_options_and_timeout_reach_every_http_request(mode):
+    import respx
+
+    from vas_api.profiles import LLAMA_CPP_PYTHON
+
+    with respx.mock(base_url=BASE) as mock:
+        route = mock.post("/completions").respond(200, json=_one_token_body())
+        client = vas_api.wrap(_sdk(), profile=LLAMA_CPP_PYTHON, k=2, mode=mode, draft_max=1, draft_min=1)
+        resp = client.completions.create(model="m", prompt="Hi", max_tokens=3, **PASS)
+        assert resp.vas.tokens == 3 and set(resp.choices[0].text.split()) <= {"a", "b"}
+        _check_every_request(route, 3)
+        client.completions.create(model="m", prompt="Hi", max_tokens=1)  # options are per request
+        assert "x-trace" not in route.calls.last.request.headers
+
+
+def test_extra_options_reach_every_http_request_async_and_streamed():
+    import respx
+
+    from vas_api.profiles import LLAMA_CPP_PYTHON
+
+    async def main():
+        client = vas_api.wrap(_sdk(async_=True), profile=LLAMA_CPP_PYTHON, k=2, mode="token")
+        stream = await client.completions.create(model="m", prompt="Hi", max_tokens=2, stream=True, **PASS)
+        return [c async for c in stream]
+
+    with respx.mock(base_url=BASE) as mock:
+        route = mock.post("/completions").respond(200, json=_one_token_body())
+        chunks = asyncio.run(main())
+        assert chunks[-1].vas.tokens == 2 and len("".join(c.choices[0].text for c in chunks if c.choices)) == 4
+        _check_every_request(route, 2)
+
+
+def test_with_options_keeps_value_models_and_caches():
+    import respx
+
+    from vas_api.profiles import LLAMA_CPP_PYTHON
+
+    with respx.mock(base_url=BASE) as mock:
+        route = mock.post("/completions").respond(200, json=_one_token_body())
+        value = LikesGood()
+        client = vas_api.wrap(_sdk(), profile=LLAMA_CPP_PYTHON, value_model=value, beta=1.0, k=2, mode="token")
+        client.completions.create(model="m", prompt="Hi", max_tokens=1)
+        other = client.with_options(timeout=3.0, default_headers={"X-Team": "a"}, beta=2.0)
+        assert isinstance(other, vas_api.VASClient) and other is not client
+        assert other._loaded is client._loaded and other._policies is client._policies
+        assert other.provider("m").profile is client.provider("m").profile
+        assert other.client is not client.client and client.client.timeout != 3.0
+        resp = other.completions.create(model="m", prompt="Hi", max_tokens=1)
+        req = route.calls.last.request
+        assert req.headers["x-team"] == "a" and req.extensions["timeout"]["read"] == 3.0
+        assert resp.vas.betas == (2.0,) and client.defaults["beta"] == 1.0
+        client.completions.create(model="m", prompt="Hi", max_tokens=1)
+        assert "x-team" not in route.calls.last.request.headers
+
+
+def test_with_options_on_a_provider_refuses_sdk_options():
+    client = make(k=4)
+    assert client.with_options(k=3).defaults["k"] == 3
+    with pytest.raises(ConfigError, match="not an openai client"):
+        client.with_options(timeout=3.0)
+
+
+def test_create_is_overloaded_for_stream_and_no_stream():
+    import typing
+
+    from vas_api import resources
+
+    for cls, streamed in [(resources.Completions, "VASStream[Completion]"),
+                          (resources.ChatCompletions, "VASStream[ChatCompletionChunk]"),
+                          (resources.AsyncCompletions, "AsyncVASStream[Completion]"),
+                          (resources.AsyncChatCompletions, "AsyncVASStream[ChatCompletionChunk]")]:
+        with_stream, without = typing.get_overloads(cls.create)
+        assert with_stream.__annotations__["stream"] == "Literal[True]"
+        assert with_stream.__annotations__["return"] == streamed
+        assert without.__annotations__["return"] in ("Completion", "ChatCompletion")
+
+
+def test_with_options_on_the_async_client_stays_async():
+    from vas_api.resources import AsyncChatCompletions
+
+    client = vas_api.wrap(AsyncFakeProvider(FakeProvider(table_model(TABLE), seed=1)), k=4)
+    other = client.with_options(k=2, mode="token")
+    assert isinstance(other, vas_api.AsyncVASClient) and isinstance(other.chat.completions, AsyncChatCompletions)
+    resp = asyncio.run(other.completions.create(model="f", prompt="x", max_tokens=3))
+    assert resp.vas.k == 2 and resp.vas.mode == "token" and client.defaults["k"] == 4

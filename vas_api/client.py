@@ -7,25 +7,44 @@
     resp = client.chat.completions.create(model="...", messages=[...], max_tokens=48)
     resp.choices[0].message.content      # the SDK's own response types
     resp.vas                             # VASReport: calls, billed tokens, per-token trace
+    for chunk in client.chat.completions.create(..., stream=True):   # ChatCompletionChunk
+        ...
 
-Calls mirror the SDK (`client.completions.create`, `client.chat.completions.create`); the VAS
-settings are keyword-only (`value_model`, `beta`, `k`, `mode`, `seed`, draft bounds) and can be
-given once to `wrap` and overridden per request. The wrapped SDK client stays reachable as
-`.client`. A sync client gives `VASClient`, an async one `AsyncVASClient`; both drive the same
-sampler objects (vas_api.sampler).
+Calls mirror the SDK (`client.completions.create`, `client.chat.completions.create`, typed in
+`vas_api.resources`); the VAS settings are keyword-only (`value_model`, `beta`, `k`, `mode`,
+`seed`, draft bounds) and can be given once to `wrap` and overridden per request. SDK
+arguments pass through as the SDK takes them: `openai.NOT_GIVEN` / `openai.omit` anywhere,
+`stream=True` (vas_api.streaming), and `extra_headers`, `extra_query`, `extra_body`, `timeout`
+on every underlying call (vas_api.call_options). Every argument is checked before the first
+API call (vas_api.request_checks). The wrapped SDK client stays reachable as `.client`. A sync
+client gives `VASClient`, an async one `AsyncVASClient`; both drive the same sampler objects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 import uuid
-from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import openai
+
+from .call_options import CallOptions
 from .errors import CapabilityError, CheckpointError, ConfigError
 from .report import VASReport
+from .request_checks import (
+    drop_not_given,
+    is_given,
+    positive_int,
+    real_number,
+    seed_value,
+    stop_strings,
+    stream_flag,
+)
+from .resources import AsyncChat, AsyncCompletions, Chat, Completions
 from .sampler import (
     DraftLengthPolicy,
     SamplerSettings,
@@ -37,27 +56,24 @@ from .sampler import (
     run,
 )
 from .sampler.core import _SamplerBase
+from .streaming import AsyncVASStream, StreamState, VASStream
 from .types import Prefix, Prompt, ValueFunction
+from .value_checks import probe_value_model
 
 __all__ = ["wrap", "VASClient", "AsyncVASClient", "NOT_GIVEN"]
 
-
-class _NotGiven:
-    def __repr__(self) -> str:
-        return "NOT_GIVEN"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-NOT_GIVEN: Any = _NotGiven()
-"""Sentinel for "use the client's default" (None can be a meaningful value)."""
+NOT_GIVEN: Any = openai.NOT_GIVEN
+"""The openai SDK's sentinel for "use the default" (`openai.omit` works the same)."""
 
 ValueSpec = ValueFunction | str | Path
 _REQUEST_KEYS = ("value_model", "beta", "k", "mode", "seed", "draft_min", "draft_max", "restrict_top_k")
+_SDK_ARGS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "n", "seed", "user",
+             "stream", "stream_options")
+_PASS_THROUGH = ("extra_headers", "extra_query", "extra_body", "timeout")
 # SDK arguments VAS cannot honour; refused at once rather than silently ignored.
-_UNSUPPORTED = ("stream", "logprobs", "top_logprobs", "echo", "best_of", "logit_bias", "tools", "functions",
-                "response_format", "presence_penalty", "frequency_penalty")
+_UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "best_of", "logit_bias", "tools", "functions",
+                "tool_choice", "response_format", "presence_penalty", "frequency_penalty")
+_DEFAULT_MAX_TOKENS = 16  # the openai completions endpoint's default
 
 
 def wrap(client: Any, **defaults: Any) -> VASClient | AsyncVASClient:
@@ -71,6 +87,9 @@ def wrap(client: Any, **defaults: Any) -> VASClient | AsyncVASClient:
 
     Returns:
         AsyncVASClient for an async client or provider, otherwise VASClient.
+
+    Raises:
+        ConfigError: an unknown option.
     """
     import inspect
 
@@ -78,6 +97,20 @@ def wrap(client: Any, **defaults: Any) -> VASClient | AsyncVASClient:
         hasattr(client, "candidates") and inspect.iscoroutinefunction(client.candidates)
     )
     return (AsyncVASClient if is_async else VASClient)(client, **defaults)
+
+
+@dataclass
+class _Plan:
+    """One validated request: everything the loops need, built before any API call."""
+
+    kind: str
+    model: str
+    provider: Any
+    value_fns: list[ValueFunction]
+    samplers: list[_SamplerBase]
+    report: VASReport
+    stream: bool
+    include_usage: bool
 
 
 class _Base:
@@ -93,13 +126,48 @@ class _Base:
         if unknown:
             raise ConfigError(f"unknown VAS option(s) {sorted(unknown)}; known: {', '.join(_REQUEST_KEYS)}.")
         self.client = client
-        self.defaults = {"beta": 1.0, "k": 20, "mode": "auto", "seed": None, **defaults}
+        self._given_defaults = drop_not_given(defaults)
+        self.defaults = {"beta": 1.0, "k": 20, "mode": "auto", "seed": None, **self._given_defaults}
         self._provider_options = {"chat_template": chat_template, "profile": profile}
         self._providers: dict[str, Any] = {}
         self._loaded: dict[str, ValueFunction] = {}
         self._policies: dict[tuple, DraftLengthPolicy] = {}
-        self.completions = _Completions(self)
-        self.chat = _Chat(self)
+        self._resources()
+
+    def _resources(self) -> None:
+        raise NotImplementedError  # pragma: no cover - each client sets its own
+
+    def with_options(self, **options: Any) -> Any:
+        """A client with other options that keeps this one's value models and caches.
+
+        Args:
+            **options: VAS defaults (value_model, beta, k, mode, seed, draft_min, draft_max,
+                restrict_top_k), and openai client options (timeout, max_retries,
+                default_headers, default_query, api_key, base_url, ...), which go to the SDK
+                client's own `with_options`.
+
+        Returns:
+            A new VASClient / AsyncVASClient sharing loaded value models, probed providers (for
+            the same base_url) and draft-length statistics.
+
+        Raises:
+            ConfigError: SDK options for a client that is a vas-api provider, not an SDK client.
+        """
+        vas = {k: options.pop(k) for k in list(options) if k in _REQUEST_KEYS}
+        new = copy.copy(self)
+        new._given_defaults = {**self._given_defaults, **drop_not_given(vas)}
+        new.defaults = {**self.defaults, **new._given_defaults}
+        if options:
+            if not hasattr(self.client, "with_options"):
+                raise ConfigError(
+                    f"{sorted(options)} are openai client options, but this client wraps "
+                    f"{type(self.client).__name__}, not an openai client."
+                )
+            new.client = self.client.with_options(**options)
+            same_server = "base_url" not in options
+            new._providers = {m: _rebind(p, new.client) for m, p in self._providers.items()} if same_server else {}
+        new._resources()
+        return new
 
     # -- providers and value models ---------------------------------------------------------
     def provider(self, model: str) -> Any:
@@ -114,7 +182,7 @@ class _Base:
         return self._providers[model]
 
     def _value_fns(self, spec: Any) -> list[ValueFunction]:
-        if spec is None or spec is NOT_GIVEN:
+        if not is_given(spec):
             return []
         specs = list(spec) if isinstance(spec, list | tuple) else [spec]
         return [self._load(s) for s in specs]
@@ -130,7 +198,9 @@ class _Base:
                     )
                 from estimators.baselines import load_value_function
 
-                self._loaded[key] = load_value_function(key)
+                vf = load_value_function(key)
+                probe_value_model(vf, key)  # NaN weights load without complaint: refuse them now
+                self._loaded[key] = vf
             return self._loaded[key]
         if not (hasattr(spec, "score_candidates") and hasattr(spec, "values")):
             raise ConfigError(
@@ -140,64 +210,95 @@ class _Base:
         return spec
 
     # -- one request ----------------------------------------------------------------------
-    def _plan(self, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]):
+    def _plan(self, kind: str, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]) -> _Plan:
         """Validate everything up front and build one sampler per choice."""
-        bad = [k for k in _UNSUPPORTED if sdk.get(k) not in (None, False, NOT_GIVEN)]
+        options = CallOptions.of(**{k: sdk.pop(k) for k in _PASS_THROUGH if k in sdk})
+        sdk = drop_not_given(sdk)
+        bad = [k for k in _UNSUPPORTED if k in sdk and sdk[k] is not False]
         if bad:
             raise ConfigError(f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not supported by VAS requests; drop them.")
-        extra = set(sdk) - {"max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "n", "seed", "user", *_UNSUPPORTED}
+        extra = set(sdk) - {*_SDK_ARGS, *_UNSUPPORTED}
         if extra:
             raise ConfigError(f"unknown argument(s) {sorted(extra)} for a VAS request.")
-        if not model:
+        if not isinstance(model, str) or not model:
             raise ConfigError("model is required (the base model's name at the provider).")
-        if not prompt:
-            raise ConfigError("the prompt (or messages) is empty; give the base model something to continue.")
-        opts = {**self.defaults, **{k: v for k, v in vas.items() if v is not NOT_GIVEN}}
+        if is_given(sdk.get("user")) and not isinstance(sdk["user"], str):
+            raise ConfigError(f"user = {sdk['user']!r}: use a string.")
+        stream, include_usage = stream_flag(sdk.get("stream"), sdk.get("stream_options"))
+        given_vas = drop_not_given(vas)
+        opts = {**self.defaults, **given_vas}
         value_fns = self._value_fns(opts.get("value_model"))
-        betas = _betas(opts["beta"], len(value_fns))
-        stop = sdk.get("stop")
-        settings = SamplerSettings(
-            betas=betas,
-            k=opts["k"],
-            temperature=1.0 if sdk.get("temperature") is None else sdk["temperature"],
-            top_p=1.0 if sdk.get("top_p") is None else sdk["top_p"],
-            max_tokens=sdk.get("max_tokens") or sdk.get("max_completion_tokens") or 16,
-            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-            seed=sdk.get("seed") if sdk.get("seed") is not None else opts["seed"],
-            **{k: opts[k] for k in ("draft_min", "draft_max") if k in opts},
-        )
+        if not value_fns and ("beta" in given_vas or "beta" in self._given_defaults):
+            beta = opts["beta"]
+            if any(b != 0 for b in (beta if isinstance(beta, list | tuple) else [beta])):
+                raise ConfigError(
+                    f"beta = {beta!r} but no value model: pass value_model= (a checkpoint directory or a "
+                    "value function) to steer, or beta=0 for the base model."
+                )
+        settings = self._settings(sdk, opts, len(value_fns))
         provider = self.provider(model)
+        if options:
+            if not hasattr(provider, "with_call_options"):
+                raise ConfigError(
+                    f"{type(provider).__name__} takes no extra_headers, extra_query, extra_body or "
+                    "timeout; they apply to openai clients."
+                )
+            provider = provider.with_call_options(options)
         mode = resolve_mode(opts["mode"], provider.profile, settings.k)
         if not isinstance(prompt, str) and provider.profile.continuation == "none":
             raise CapabilityError(f"{provider.profile.name} cannot continue a partial chat response.")
         restrict = opts.get("restrict_top_k")
+        if restrict is not None and not isinstance(restrict, bool):
+            raise ConfigError(f"restrict_top_k = {restrict!r}: use True, False or None (automatic).")
         if restrict is None:
             restrict = provider.profile.top_k_param
         elif restrict and not provider.profile.top_k_param:
             raise CapabilityError(f"{provider.profile.name} takes no top_k parameter; set restrict_top_k=False.")
         prompt_text = provider.prompt_text(prompt)
-        n = sdk.get("n") or 1
-        if not isinstance(n, int) or n < 1:
-            raise ConfigError(f"n = {n!r}: use a positive integer.")
+        n = positive_int("n", sdk.get("n"), default=1, hint="the number of choices")
         samplers: list[_SamplerBase] = []
         for i in range(n):
-            s = settings if settings.seed is None or i == 0 else _reseed(settings, settings.seed + i)
+            s = settings if settings.seed is None or i == 0 else replace(settings, seed=settings.seed + i)
             if mode == "token":
                 samplers.append(TokenSampler(s, Prefix(prompt), prompt_text))
             else:
                 # The acceptance rate depends on all of these; the bounds must follow the request.
-                key = (model, betas, restrict, settings.temperature, settings.top_p, s.draft_min, s.draft_max)
+                key = (model, settings.betas, restrict, settings.temperature, settings.top_p, s.draft_min, s.draft_max)
                 policy = self._policies.setdefault(key, DraftLengthPolicy(
                     m_min=s.draft_min, m_max=s.draft_max,
                     price_prompt=provider.profile.price_prompt, price_completion=provider.profile.price_completion,
                 ))
                 samplers.append(SpeculativeSampler(s, Prefix(prompt), prompt_text, restrict_top_k=restrict, policy=policy))
-        report = VASReport(mode=mode, model=model, k=settings.k, betas=betas)
-        return provider, value_fns, samplers, report
+        report = VASReport(mode=mode, model=model, k=settings.k, betas=settings.betas)
+        return _Plan(kind, model, provider, value_fns, samplers, report, stream, include_usage)
 
     @staticmethod
-    def _finish(kind: str, model: str, samplers: list[_SamplerBase], report: VASReport, timings: Timings, provider: Any):
-        for s in samplers:
+    def _settings(sdk: dict[str, Any], opts: dict[str, Any], n_models: int) -> SamplerSettings:
+        """The sampler settings of a request, every number and type checked."""
+        max_tokens = positive_int("max_tokens", sdk.get("max_tokens"), hint="the tokens to generate")
+        max_completion = positive_int("max_completion_tokens", sdk.get("max_completion_tokens"),
+                                      hint="the tokens to generate")
+        if max_tokens and max_completion and max_tokens != max_completion:
+            raise ConfigError(f"max_tokens = {max_tokens} and max_completion_tokens = {max_completion}: give one.")
+        seed = seed_value(sdk["seed"]) if "seed" in sdk else seed_value(opts.get("seed"))
+        draft = {k: positive_int(k, opts[k], hint="a draft length in tokens") for k in ("draft_min", "draft_max") if k in opts}
+        return SamplerSettings(
+            betas=_betas(opts["beta"], n_models),
+            k=positive_int("k", opts["k"], default=20, hint="20 is typical"),
+            temperature=real_number("temperature", sdk.get("temperature"), default=1.0, low=0.0,
+                                    hint="0 is greedy, 1 samples the target as it is"),
+            top_p=real_number("top_p", sdk.get("top_p"), default=1.0, low=0.0, high=1.0, low_open=True),
+            max_tokens=max_tokens or max_completion or _DEFAULT_MAX_TOKENS,
+            stop=stop_strings(sdk.get("stop")),
+            seed=seed,
+            **{k: v for k, v in draft.items() if v is not None},
+        )
+
+    @staticmethod
+    def _report(plan: _Plan, per_choice: list[Timings], total_s: float) -> VASReport:
+        """Fill the plan's report from its finished samplers and their timings."""
+        report = plan.report
+        for s in plan.samplers:
             report.usage = report.usage + s.usage
             report.traces.append(list(s.steps))
             if isinstance(s, SpeculativeSampler):
@@ -205,121 +306,76 @@ class _Base:
                 report.tested += s.tested
                 report.accepted += s.accepted
                 report.resampled += s.resampled
-        report.api_calls = timings.api_calls
-        report.cost_usd = provider.profile.cost(report.usage)
-        report.time_api_s, report.time_value_s, report.time_total_s = timings.api_s, timings.value_s, timings.total_s
-        return _response(kind, model, samplers, report)
+        report.api_calls = sum(t.api_calls for t in per_choice)
+        report.cost_usd = plan.provider.profile.cost(report.usage)
+        report.time_api_s = sum(t.api_s for t in per_choice)
+        report.time_value_s = sum(t.value_s for t in per_choice)
+        report.time_total_s = total_s
+        return report
+
+    @staticmethod
+    def _stream_state(plan: _Plan) -> StreamState:
+        return StreamState(plan.kind, plan.model, len(plan.samplers), plan.samplers[0].settings.stop, plan.include_usage)
 
 
 class VASClient(_Base):
-    """VAS over a synchronous openai client (or provider). See the module docstring."""
+    """VAS over a synchronous openai client (or provider). See the module docstring.
+
+    Attributes:
+        client: the wrapped SDK client (or provider), untouched.
+        completions, chat: the SDK-shaped resources (`vas_api.resources`).
+    """
+
+    def _resources(self) -> None:
+        self.completions = Completions(self)
+        self.chat = Chat(self)
+
+    @staticmethod
+    def _drive(plan: _Plan):
+        """How this request drives one sampler (the one place that calls `run`)."""
+        def drive(s: _SamplerBase, t: Timings, pause_when: Any = None) -> Timings:
+            return run(s, plan.provider, plan.value_fns, t, pause_when=pause_when)
+        return drive
 
     def _create(self, kind: str, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]):
-        provider, value_fns, samplers, report = self._plan(model, prompt, sdk, vas)
+        plan = self._plan(kind, model, prompt, sdk, vas)
+        drive = self._drive(plan)
+        if plan.stream:
+            return VASStream(self._stream_state(plan), plan.samplers, drive,
+                             lambda per, total: self._report(plan, per, total))
         timings = Timings()
         start = time.perf_counter()
-        for s in samplers:
-            run(s, provider, value_fns, timings)
-        timings.total_s = time.perf_counter() - start
-        return self._finish(kind, model, samplers, report, timings, provider)
+        for s in plan.samplers:
+            drive(s, timings)
+        return _response(plan, self._report(plan, [timings], time.perf_counter() - start))
 
 
 class AsyncVASClient(_Base):
     """VAS over an asyncio openai client (or provider): the n choices, and any number of
     concurrent requests, are in flight at once; value scoring runs off the event loop."""
 
+    def _resources(self) -> None:
+        self.completions = AsyncCompletions(self)
+        self.chat = AsyncChat(self)
+
+    @staticmethod
+    def _drive(plan: _Plan):
+        """How this request drives one sampler (the one place that calls `arun`)."""
+        async def drive(s: _SamplerBase, t: Timings, pause_when: Any = None) -> Timings:
+            return await arun(s, plan.provider, plan.value_fns, t, pause_when=pause_when)
+        return drive
+
     async def _create(self, kind: str, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]):
-        provider, value_fns, samplers, report = self._plan(model, prompt, sdk, vas)
+        plan = self._plan(kind, model, prompt, sdk, vas)
+        drive = self._drive(plan)
+        if plan.stream:
+            return AsyncVASStream(self._stream_state(plan), plan.samplers, drive,
+                                  lambda per, total: self._report(plan, per, total))
+        samplers = plan.samplers
         per = [Timings() for _ in samplers]
         start = time.perf_counter()
-        await asyncio.gather(*(arun(s, provider, value_fns, t) for s, t in zip(samplers, per, strict=True)))
-        timings = Timings(
-            api_s=sum(t.api_s for t in per), value_s=sum(t.value_s for t in per),
-            total_s=time.perf_counter() - start, api_calls=sum(t.api_calls for t in per),
-        )
-        return self._finish(kind, model, samplers, report, timings, provider)
-
-
-class _Completions:
-    """`client.completions.create(...)`: raw-prompt completions."""
-
-    def __init__(self, owner: _Base) -> None:
-        self._owner = owner
-
-    def create(
-        self,
-        *,
-        model: str,
-        prompt: str,
-        value_model: Any = NOT_GIVEN,
-        beta: Any = NOT_GIVEN,
-        k: Any = NOT_GIVEN,
-        mode: Any = NOT_GIVEN,
-        draft_min: Any = NOT_GIVEN,
-        draft_max: Any = NOT_GIVEN,
-        restrict_top_k: Any = NOT_GIVEN,
-        **sdk: Any,
-    ):
-        """Like `openai.OpenAI().completions.create`, steered by the value model(s).
-
-        Args:
-            model, prompt, max_tokens, temperature, top_p, stop, n, seed: as in the SDK.
-            value_model: a checkpoint directory, a value function, or a list of them.
-            beta: one number, or one per value model (0 = the base model).
-            k: candidates per position. mode: "auto", "speculative" or "token".
-            draft_min, draft_max, restrict_top_k: speculative-mode controls.
-
-        Returns:
-            openai.types.Completion with a `.vas` VASReport (a coroutine on AsyncVASClient).
-
-        Raises:
-            ConfigError, CapabilityError, CheckpointError, ProviderError: before any call
-            where the request itself is wrong.
-        """
-        if not isinstance(prompt, str):
-            raise ConfigError("prompt must be one string (for chat messages use client.chat.completions.create).")
-        vas = dict(value_model=value_model, beta=beta, k=k, mode=mode, draft_min=draft_min,
-                   draft_max=draft_max, restrict_top_k=restrict_top_k)
-        return self._owner._create("completion", model, prompt, sdk, vas)
-
-
-class _ChatCompletions:
-    """`client.chat.completions.create(...)`: chat messages, continued as the assistant."""
-
-    def __init__(self, owner: _Base) -> None:
-        self._owner = owner
-
-    def create(
-        self,
-        *,
-        model: str,
-        messages: Sequence[dict[str, Any]],
-        value_model: Any = NOT_GIVEN,
-        beta: Any = NOT_GIVEN,
-        k: Any = NOT_GIVEN,
-        mode: Any = NOT_GIVEN,
-        draft_min: Any = NOT_GIVEN,
-        draft_max: Any = NOT_GIVEN,
-        restrict_top_k: Any = NOT_GIVEN,
-        **sdk: Any,
-    ):
-        """Like `openai.OpenAI().chat.completions.create`, steered by the value model(s).
-
-        Same VAS options as `completions.create`. Returns openai.types.chat.ChatCompletion
-        with a `.vas` VASReport. Raises CapabilityError at once for an endpoint that cannot
-        continue a partial response (OpenAI's hosted chat models).
-        """
-        msgs = list(messages or [])
-        if not msgs or any(not isinstance(m, dict) or "role" not in m for m in msgs):
-            raise ConfigError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts.")
-        vas = dict(value_model=value_model, beta=beta, k=k, mode=mode, draft_min=draft_min,
-                   draft_max=draft_max, restrict_top_k=restrict_top_k)
-        return self._owner._create("chat", model, msgs, sdk, vas)
-
-
-class _Chat:
-    def __init__(self, owner: _Base) -> None:
-        self.completions = _ChatCompletions(owner)
+        await asyncio.gather(*(drive(s, t) for s, t in zip(samplers, per, strict=True)))
+        return _response(plan, self._report(plan, per, time.perf_counter() - start))
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -334,13 +390,14 @@ def _betas(beta: Any, n_models: int) -> tuple[float, ...]:
     return (beta,) * n_models
 
 
-def _reseed(settings: SamplerSettings, seed: int) -> SamplerSettings:
-    from dataclasses import replace
+def _rebind(provider: Any, client: Any) -> Any:
+    """The same provider (profile, chat template) over another SDK client."""
+    new = copy.copy(provider)
+    new.client = client
+    return new
 
-    return replace(settings, seed=seed)
 
-
-def _response(kind: str, model: str, samplers: list[_SamplerBase], report: VASReport):
+def _response(plan: _Plan, report: VASReport):
     """The SDK's own response type, with usage summed over every call and `.vas` attached."""
     from openai.types import Completion, CompletionChoice, CompletionUsage
     from openai.types.chat import ChatCompletion, ChatCompletionMessage
@@ -351,9 +408,10 @@ def _response(kind: str, model: str, samplers: list[_SamplerBase], report: VASRe
         prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens,
         prompt_tokens_details={"cached_tokens": u.cached_tokens},
     )
-    created, rid = int(time.time()), f"vas-{uuid.uuid4().hex[:16]}"
+    created, rid, model = int(time.time()), f"vas-{uuid.uuid4().hex[:16]}", plan.model
+    samplers = plan.samplers
     finish = [s.finish_reason if s.finish_reason in ("stop", "length") else "stop" for s in samplers]
-    if kind == "completion":
+    if plan.kind == "completion":
         choices = [CompletionChoice(index=i, text=s.response, finish_reason=f, logprobs=None)
                    for i, (s, f) in enumerate(zip(samplers, finish, strict=True))]
         resp = Completion(id=rid, choices=choices, created=created, model=model, object="text_completion", usage=usage)
@@ -364,4 +422,3 @@ def _response(kind: str, model: str, samplers: list[_SamplerBase], report: VASRe
         resp = ChatCompletion(id=rid, choices=choices, created=created, model=model, object="chat.completion", usage=usage)
     resp.vas = report
     return resp
-

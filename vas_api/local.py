@@ -267,6 +267,35 @@ class LocalServer:
         kwargs.setdefault("api_key", "sk-local")
         return openai.AsyncOpenAI(base_url=self.base_url, **kwargs)
 
+    def wrap(
+        self, *, asynchronous: bool = False, client_options: dict[str, Any] | None = None, **defaults: Any
+    ) -> Any:
+        """A VAS client for this server, with its profile and the GGUF's chat template set::
+
+            with LocalServer() as server:
+                client = server.wrap(value_model="path/to/ckpt", beta=4.0)
+                client.chat.completions.create(model=server.model, messages=[...])
+
+        Starts the server when it is not running yet (stop it with `stop()`, or use `with`).
+
+        Args:
+            asynchronous: an AsyncVASClient over ``openai.AsyncOpenAI`` instead of a VASClient.
+            client_options: openai client options (timeout, max_retries, ...).
+            **defaults: VAS defaults for every request (value_model, beta, k, mode, seed, ...),
+                as in `vas_api.wrap`.
+
+        Returns:
+            vas_api.VASClient, or vas_api.AsyncVASClient with `asynchronous`.
+
+        Raises:
+            LocalServerError: the server cannot start. ConfigError: an unknown VAS option.
+        """
+        from .client import wrap
+
+        self.start()
+        sdk = (self.async_client if asynchronous else self.client)(**(client_options or {}))
+        return wrap(sdk, profile=self.profile, chat_template=str(self.gguf_path), **defaults)
+
     def __enter__(self) -> LocalServer:
         return self.start()
 

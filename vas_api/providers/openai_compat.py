@@ -11,12 +11,14 @@ because two layers multiply retries and cost.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 
 import openai
 
 from .. import profiles as _profiles
+from ..call_options import CallOptions
 from ..chat_template import ChatTemplate, load_chat_template
 from ..errors import ConfigError
 from ..logprobs import DEFAULT_SPECIAL_TOKENS
@@ -49,6 +51,7 @@ class _Core:
         if self.chat_template is not None:
             specials.update(self.chat_template.end_tokens)
         self.special_tokens = frozenset(specials)
+        self.call_options = CallOptions()  # per-request SDK options, see with_call_options
 
     def prompt_text(self, prompt: Prompt) -> str:
         wire.check_prompt(prompt)
@@ -68,16 +71,16 @@ class _Core:
 
     def candidates(self, prefix: Prefix, k: int) -> wire.Flow:
         wire.check_k(self.profile, k)
-        return wire.candidates_flow(
+        return self.call_options.flow(wire.candidates_flow(
             self.profile, self.model, self.target(prefix), k=k, special_tokens=self.special_tokens
-        )
+        ))
 
     def draft(self, prefix: Prefix, m: int, k: int, restrict_top_k: bool) -> wire.Flow:
         wire.check_k(self.profile, k)
-        return wire.draft_flow(
+        return self.call_options.flow(wire.draft_flow(
             self.profile, self.model, self.target(prefix), m=m, k=k,
             restrict_top_k=restrict_top_k, special_tokens=self.special_tokens,
-        )
+        ))
 
     def sample(
         self,
@@ -88,10 +91,10 @@ class _Core:
         stop: Sequence[str] | None,
         seed: int | None,
     ) -> wire.Flow:
-        return wire.sample_flow(
+        return self.call_options.flow(wire.sample_flow(
             self.profile, self.model, self.target(prefix), n=n, max_tokens=max_tokens,
             temperature=temperature, stop=stop, seed=seed,
-        )
+        ))
 
 
 class OpenAICompatProvider:
@@ -190,6 +193,13 @@ class OpenAICompatProvider:
         flow = self._core.sample(prefix, n, max_tokens, temperature, stop, seed)
         return wire.drive_sync(self.client, flow, model=self.model)
 
+    def with_call_options(self, options: CallOptions) -> OpenAICompatProvider:
+        """A copy that applies `options` (extra_headers/query/body, timeout) to every call."""
+        new = copy.copy(self)
+        new._core = copy.copy(self._core)
+        new._core.call_options = options
+        return new
+
     def __repr__(self) -> str:
         return f"OpenAICompatProvider(model={self.model!r}, profile={self.profile.name!r})"
 
@@ -256,6 +266,13 @@ class AsyncOpenAICompatProvider:
         """See `OpenAICompatProvider.sample`."""
         flow = self._core.sample(prefix, n, max_tokens, temperature, stop, seed)
         return await wire.drive_async(self.client, flow, model=self.model)
+
+    def with_call_options(self, options: CallOptions) -> AsyncOpenAICompatProvider:
+        """A copy that applies `options` (extra_headers/query/body, timeout) to every call."""
+        new = copy.copy(self)
+        new._core = copy.copy(self._core)
+        new._core.call_options = options
+        return new
 
     def __repr__(self) -> str:
         return f"AsyncOpenAICompatProvider(model={self.model!r}, profile={self.profile.name!r})"

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..types import AsyncProvider, Draft, Provider, ValueFunction
+from ..value_checks import checked_scores
 from .core import Call, CandidatesCall, DraftCall, ScoreCall, Scores, _SamplerBase
 
 __all__ = ["Timings", "score", "run", "arun"]
@@ -60,7 +61,7 @@ def score(call: ScoreCall, value_fns: Sequence[ValueFunction], betas: Sequence[f
                     vf.score_candidates(call.prefix_text + "".join(call.path[:j]), list(cands))
                     for j, cands in enumerate(call.candidates)
                 ]
-        out.append([_as_array(v) for v in per_pos])
+        out.append(checked_scores(per_pos, call.candidates, vf))  # NaN, inf, counts
     return out
 
 
@@ -89,8 +90,12 @@ def run(
     provider: Provider,
     value_fns: Sequence[ValueFunction],
     timings: Timings | None = None,
+    pause_when: Callable[[], bool] | None = None,
 ) -> Timings:
-    """Drive `sampler` to the end, synchronously. Returns where the time went."""
+    """Drive `sampler` to the end, synchronously. Returns where the time went.
+
+    `pause_when`, checked after each answer, returns early when true (streaming: a call
+    again resumes the same sampler where it stopped)."""
     t = timings or Timings()
     start = time.perf_counter()
     while (call := sampler.next_request()) is not None:
@@ -104,6 +109,8 @@ def run(
             t.api_s += time.perf_counter() - t0
             t.api_calls += 1
         sampler.feed(answer)
+        if pause_when is not None and pause_when():
+            break
     t.total_s += time.perf_counter() - start
     return t
 
@@ -113,8 +120,10 @@ async def arun(
     provider: AsyncProvider,
     value_fns: Sequence[ValueFunction],
     timings: Timings | None = None,
+    pause_when: Callable[[], bool] | None = None,
 ) -> Timings:
-    """Drive `sampler` to the end on the event loop; value scoring runs in a worker thread."""
+    """Drive `sampler` to the end on the event loop; value scoring runs in a worker thread.
+    `pause_when` as in `run`."""
     t = timings or Timings()
     start = time.perf_counter()
     while (call := sampler.next_request()) is not None:
@@ -128,5 +137,7 @@ async def arun(
             t.api_s += time.perf_counter() - t0
             t.api_calls += 1
         sampler.feed(answer)
+        if pause_when is not None and pause_when():
+            break
     t.total_s += time.perf_counter() - start
     return t
