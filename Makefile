@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean-venv
+.PHONY: demo test lint setup clean-venv llama-server
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vas demo
 
-test: $(STAMP)
+# llama.cpp's own server for the integration tests: built from source once per machine into
+# ~/.cache/vas-api-build/llama-server/ (about 8-13 min on 2 cores); a no-op when it is there.
+llama-server: $(STAMP)
+	$(BIN)/python tools/llama_server.py
+
+test: $(STAMP) llama-server
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

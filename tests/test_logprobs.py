@@ -243,3 +243,68 @@ def test_none_and_empty():
     assert parse_logprobs(None) == []
     assert parse_logprobs({"content": []}) == []
     assert parse_legacy({"tokens": [], "token_logprobs": [], "top_logprobs": []}) == []
+
+
+# -- fragments, ids and llama-server's merged characters ---------------------------------------
+
+
+def test_fragment_spellings_are_never_text_or_eos():
+    # One position listing a fragment in every spelling servers use, an EOS printed as
+    # nothing, and an ordinary token.
+    content = [{
+        "id": 30, "token": "a", "bytes": [97], "logprob": -0.5, "top_logprobs": [
+            {"id": 30, "token": "a", "bytes": [97], "logprob": -0.5},
+            {"id": 41, "token": "", "bytes": [0x9A], "logprob": -1.0},  # llama-server
+            {"id": 42, "token": "\ufffd", "logprob": -1.5},  # decoded alone, bytes lost
+            {"id": 43, "token": "", "logprob": -2.0},  # no bytes, not an EOS id
+            {"id": 2, "token": "", "bytes": [], "logprob": -2.5},  # control token, no text
+        ],
+    }]
+    (pos,) = parse_chat(content, eos_token_ids=[2])
+    by_id = {c.id: c for c in pos.candidates}
+    assert set(by_id) == {30, 41, 2}  # the two whose bytes are unknown are dropped
+    assert by_id[41].raw == b"\x9a" and by_id[41].text is None and not by_id[41].special
+    assert by_id[2].special and not by_id[30].special
+    assert all(c.raw != "\ufffd".encode() for c in pos.candidates)
+    # The legacy "bytes:" spelling is a fragment, not EOS.
+    (leg,) = parse_legacy({
+        "tokens": ["a"], "token_logprobs": [-0.1], "text_offset": [0],
+        "top_logprobs": [{"a": -0.1, "bytes:\\x9a": -2.0}],
+    })
+    frag = leg.find(b"\x9a")
+    assert frag is not None and not frag.special and frag.text is None
+
+
+def test_sampled_id_marks_eos_and_ids_are_kept():
+    content = [{"id": 2, "token": "<|im_end|>", "bytes": list(b"<|im_end|>"), "logprob": -0.3,
+                "top_logprobs": [{"id": 2, "token": "<|im_end|>", "bytes": list(b"<|im_end|>"),
+                                  "logprob": -0.3}]}]
+    (pos,) = parse_chat(content, eos_token_ids=[2], finish_reason="stop")
+    assert pos.sampled.special and pos.sampled.id == 2 and pos.candidates[0].id == 2
+
+
+def _entry(tid, sent, lp, tops):
+    return {"id": tid, "token": sent.decode("utf-8", "ignore"), "bytes": list(sent),
+            "logprob": lp, "top_logprobs": [
+                {"id": i, "token": b.decode("utf-8", "ignore"), "bytes": list(b), "logprob": v}
+                for i, b, v in tops]}
+
+
+def test_llama_server_merged_character_gives_each_position_its_own_bytes():
+    # " 🚨" = b" \xf0\x9f" + b"\x9a" + b"\xa8" as three tokens. llama-server sends the first two
+    # as their own bytes and, at the third, the whole character again (b" \xf0\x9f\x9a\xa8").
+    # The third's own token is not among its listed candidates here, so its bytes come from
+    # the sent bytes minus the pending fragments; the second's from the candidate with its id.
+    content = [
+        _entry(10, b" \xf0\x9f", -1.0, [(10, b" \xf0\x9f", -1.0), (11, b" the", -1.2)]),
+        _entry(20, b"\x9a", -0.1, [(20, b"\x9a", -0.1), (21, b"\x98", -2.5)]),
+        _entry(30, b" \xf0\x9f\x9a\xa8", -0.7, [(31, b"\x80", -0.6), (32, b"\x97", -1.9)]),
+        _entry(40, b"!", -0.2, [(40, b"!", -0.2)]),
+    ]
+    positions = parse_chat(content)
+    own = [p.sampled.raw for p in positions]
+    assert own == [b" \xf0\x9f", b"\x9a", b"\xa8", b"!"]
+    assert b"".join(own).decode() == " \U0001f6a8!"
+    assert [p.sampled.id for p in positions] == [10, 20, 30, 40]
+    # The continuation-byte candidates stay fragments (never text, never EOS).
+    assert all(c.text is None and not c.special for c in positions[2].candidates)

@@ -476,3 +476,82 @@ class socket_port:
 
     def __exit__(self, *exc: object) -> None:
         self._s.close()
+
+
+def test_family_table_neutral_samplers():
+    from vas_api.families import FAMILIES, family_from_owned_by
+    from vas_api.profiles import LLAMA_CPP_PYTHON, LLAMA_SERVER
+    from vas_api.providers.openai_wire import neutral_sampler_params
+
+    standard, extra = neutral_sampler_params(LLAMA_SERVER)
+    assert standard == {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0,
+                        "frequency_penalty": 0.0}
+    # llama-server: the chain itself is reduced to temperature, and each sampler is off too.
+    assert extra["samplers"] == ["temperature"] and extra["top_k"] == 0
+    assert extra["dry_multiplier"] == 0.0 and extra["xtc_probability"] == 0.0
+    assert extra["mirostat"] == 0 and extra["top_n_sigma"] == -1.0 and extra["min_p"] == 0.0
+    _, restricted = neutral_sampler_params(LLAMA_SERVER, top_k=5)
+    assert restricted["samplers"] == ["top_k", "temperature"] and restricted["top_k"] == 5
+    assert extra["samplers"] == ["temperature"]  # the table itself is not changed
+    _, lcp = neutral_sampler_params(LLAMA_CPP_PYTHON)
+    assert lcp["mirostat_mode"] == 0 and lcp["repeat_penalty"] == 1.0 and "samplers" not in lcp
+    for key in ("ollama", "lmstudio"):  # servers that apply top_k 40 / min_p / repeat 1.1
+        fam = FAMILIES[key]
+        assert fam.neutral["top_k"] == 0 and fam.neutral["repeat_penalty"] == 1.0
+    assert not FAMILIES["ollama"].neutral_exact and FAMILIES["lmstudio"].neutral_exact
+    assert family_from_owned_by("llamacpp").key == "llama.cpp"
+    assert family_from_owned_by("me").key == "llama-cpp-python"
+    assert family_from_owned_by("organization_owner").key == "lmstudio"
+    assert family_from_owned_by("nobody") is None
+
+
+def test_old_cached_profile_is_reprobed_not_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAS_API_CACHE_DIR", str(tmp_path))
+    clear_memory_cache()
+    old = {"name": "vLLM", "max_top_k": 20, "logprob_shape": "chat",
+           "continuation": "chat_continue", "top_k_param": True, "n_param": True,
+           "price_prompt": 0.0, "price_completion": 0.0,
+           "extra": {"sampler_dialect": "vllm", "family": "vllm"}}
+    (tmp_path / "profiles.json").write_text(json.dumps({"http://h.test/v1|m": old}))
+    assert cached_profile("http://h.test/v1", "m") is None
+    bad = {"schema": 2, "name": "x", "unknown_field": 1}
+    (tmp_path / "profiles.json").write_text(json.dumps({"http://h.test/v1|m": bad}))
+    assert cached_profile("http://h.test/v1", "m") is None
+
+
+@respx.mock(base_url=BASE)
+def test_probe_llama_server_shape_and_endpoints(respx_mock):
+    # llama-server answers /v1/completions with the chat shape; the probe finds its EOS id
+    # through /props + /tokenize and sends the prompt as token ids.
+    respx_mock.get("/models").respond(200, json={"object": "list", "data": [
+        {"id": "smol", "object": "model", "created": 0, "owned_by": "llamacpp"}]})
+    root = "http://mock.test"
+    respx_mock.get(f"{root}/props").respond(200, json={
+        "default_generation_settings": {}, "eos_token": "<|im_end|>", "total_slots": 2})
+
+    def tokenize(request):
+        body = json.loads(request.content)
+        return httpx.Response(200, json={"tokens": [2] if body["content"] == "<|im_end|>"
+                                         else [101, 102, 103]})
+
+    respx_mock.post(f"{root}/tokenize").mock(side_effect=tokenize)
+    respx_mock.post(f"{root}/detokenize").respond(200, json={"content": "<|im_end|>"})
+    respx_mock.post(f"{root}/apply-template").respond(200, json={"prompt": "<|im_start|>..."})
+
+    def entry(i):
+        tops = [{"id": 10 + j, "token": f" w{i}{j}", "bytes": list(f" w{i}{j}".encode()),
+                 "logprob": lp} for j, lp in enumerate([-1.0, -1.5, -2.0])]
+        return {**tops[0], "top_logprobs": tops}
+
+    choice = {"index": 0, "text": "", "finish_reason": "length",
+              "logprobs": {"content": [entry(i) for i in range(8)]}}
+    body = {"id": "c", "object": "text_completion", "created": 0, "model": "smol",
+            "choices": [choice, dict(choice, index=1)]}
+    comp = respx_mock.post("/completions").respond(200, json=body)
+    profile = probe_profile(sync_client(), "smol", refresh=True, cache=False)
+    assert profile.family == "llama.cpp" and profile.logprob_shape == "chat"
+    assert profile.eos_token_ids == (2,) and profile.tokenize and profile.apply_template
+    assert profile.token_id_prompts and profile.top_k_param and profile.n_param
+    assert profile.max_top_k == 3  # it returned fewer than the 64 asked for
+    sent = json.loads(comp.calls.last.request.content)
+    assert sent["prompt"] == [101, 102, 103] and sent["samplers"] == ["top_k", "temperature"]

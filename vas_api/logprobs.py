@@ -337,7 +337,7 @@ def parse_chat(
     eos_ids = frozenset(int(i) for i in eos_token_ids)
     items = list(content or [])
     positions = []
-    pending = b""  # bytes of sampled fragments not yet completed into a character
+    pending = b""  # sampled bytes since the last complete character (not yet sent as text)
     for i, item in enumerate(items):
         entries = []
         for top in _field(item, "top_logprobs") or []:
@@ -363,8 +363,8 @@ def parse_chat(
             sampled = Candidate(sampled.raw, sampled.logprob, special, id=token_id)
         if sampled is None or sampled.special:
             pending = b""
-        else:
-            pending = _incomplete_tail(pending + sampled.raw)
+        else:  # llama-server holds back everything since its last complete character
+            pending = pending + sampled.raw if _incomplete_tail(pending + sampled.raw) else b""
         positions.append(Position(merge_candidates(entries, k), sampled))
     return positions
 
