@@ -111,3 +111,26 @@ def test_emoji_drafts_give_consistent_positions(ls_provider, llama_server):
         for p in positions:  # fragments are never text and never end-of-sequence
             assert all(not c.special for c in p.candidates if c.text is None)
     assert crossed >= 1  # the prompt did produce multi-byte fragments
+
+
+def test_missing_binary_says_how_to_build(tmp_path, monkeypatch):
+    from vas_api.errors import LocalServerError
+    from vas_api.local import LlamaServer, find_llama_server
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("VAS_API_LLAMA_SERVER", str(tmp_path / "nope"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(LocalServerError, match="tools/llama_server.py"):
+        find_llama_server()
+    with pytest.raises(LocalServerError, match="does not exist"):
+        LlamaServer(binary=tmp_path / "missing").start()
+
+
+def test_llama_server_exits_during_startup_shows_its_log(tmp_path, llama_server):
+    from vas_api.errors import LocalServerError
+    from vas_api.local import LlamaServer
+
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"not a gguf")
+    with pytest.raises(LocalServerError, match="exited during startup"):
+        LlamaServer(bogus, binary=llama_server.binary, startup_timeout=60).start()

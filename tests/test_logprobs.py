@@ -308,3 +308,44 @@ def test_llama_server_merged_character_gives_each_position_its_own_bytes():
     assert [p.sampled.id for p in positions] == [10, 20, 30, 40]
     # The continuation-byte candidates stay fragments (never text, never EOS).
     assert all(c.text is None and not c.special for c in positions[2].candidates)
+
+
+# -- recorded from the real llama-server (tests/data/record_llama_server_payloads.py) -----------
+
+RECORDED_LS = {
+    "llama_server_draft_emoji.json": "fragment",
+    "llama_server_draft_cjk.json": "fragment",
+    "llama_server_candidates_eos_in_topk.json": "eos_in_topk",
+    "llama_server_draft_eos_sampled.json": "stop",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_LS))
+def test_recorded_llama_server_payloads(name):
+    record = load(name)
+    eos_id = record["eos_token_id"]
+    choice = record["response"]["choices"][0]
+    content = choice["logprobs"]["content"]
+    positions = parse_logprobs(
+        choice["logprobs"], finish_reason=choice["finish_reason"], eos_token_ids=[eos_id]
+    )
+    assert len(positions) == len(content)
+    assert all(p.sampled is not None for p in positions)
+    assert [p.sampled.id for p in positions] == [t["id"] for t in content]
+    # Each position's own bytes join up to exactly the text the server sent.
+    joined = b"".join(p.sampled.raw for p in positions if not p.sampled.special)
+    assert joined == choice["text"].encode()
+    for p in positions:
+        for c in p.candidates:
+            assert c.id is not None
+            if c.id == eos_id:
+                assert c.special  # EOS by the server's own id
+            if c.text is None:
+                assert not c.special  # a fragment is never end-of-sequence
+    kind = RECORDED_LS[name]
+    if kind == "fragment":
+        assert any(p.sampled.text is None for p in positions)
+    elif kind == "eos_in_topk":
+        assert any(c.special and c.id == eos_id for c in positions[0].candidates)
+    else:
+        assert choice["finish_reason"] == "stop" and positions[-1].sampled.special

@@ -7,6 +7,7 @@ at a temporary folder)::
 
     $XDG_CACHE_HOME/vas-api-build/llama-server/   (else ~/.cache/vas-api-build/llama-server/)
         llama-cpp-python-<version>/bin/llama-server    the binary (stable path per version)
+        llama-cpp-python-<version>/build.json          build time, jobs, date
         current                                        a text file: the binary's path
         build.log                                      the last build's output
 
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -87,6 +90,21 @@ def _fetch_source(version: str, work: Path, log) -> Path:
     return work / prefix
 
 
+def _no_amx_flags() -> list[str]:
+    """Compiler flags that keep Intel AMX out of a native x86-64 build.
+
+    -march=native turns AMX on wherever cpuid lists it, but a virtual machine may list AMX
+    without letting a process use its tile registers: then the first ``ldtilecfg`` is a
+    general protection fault (measured here, 2026-12-01: the venv's llama-cpp-python build
+    crashes in libggml-cpu.so at ldtilecfg on a 2-core Xeon VM that lists amx_tile). AMX only
+    speeds up large matrix products, so the test binary goes without it.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    flags = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    return [f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"]
+
+
 def ensure_llama_server(jobs: int | None = None, quiet: bool = False) -> Path:
     """The path of a working llama-server binary, building it first when none is cached.
 
@@ -123,7 +141,7 @@ def ensure_llama_server(jobs: int | None = None, quiet: bool = False) -> Path:
                  "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
                  "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
                  "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF",
-                 "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON"],
+                 "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", *_no_amx_flags()],
                 check=True, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
             subprocess.run(
@@ -144,8 +162,13 @@ def ensure_llama_server(jobs: int | None = None, quiet: bool = False) -> Path:
     if not _runs(binary):
         raise SystemExit(f"the built llama-server at {binary} does not run; see {log_path}")
     (root / "current").write_text(str(binary))
+    seconds = time.monotonic() - start
+    (binary.parent.parent / "build.json").write_text(json.dumps({
+        "llama_cpp_python": version, "seconds": round(seconds, 1), "jobs": jobs,
+        "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }) + "\n")
     if not quiet:
-        print(f"built llama-server in {time.monotonic() - start:.0f} s", file=sys.stderr)
+        print(f"built llama-server in {seconds:.0f} s", file=sys.stderr)
     return binary
 
 
