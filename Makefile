@@ -33,7 +33,7 @@ test: $(STAMP) llama-server
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check vas_api estimators tests benchmarks examples
+	$(BIN)/ruff check vas_api estimators tests benchmarks examples tools
 
 clean-venv:
 	rm -rf $(VENV)

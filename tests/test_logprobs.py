@@ -20,7 +20,7 @@ from vas_api.logprobs import (
     parse_logprobs,
     token_bytes,
 )
-from vas_api.types import Candidate
+from vas_api.types import Candidate, Position
 
 DATA = Path(__file__).parent / "data"
 
@@ -290,31 +290,37 @@ def _entry(tid, sent, lp, tops):
                 for i, b, v in tops]}
 
 
-def test_llama_server_merged_character_gives_each_position_its_own_bytes():
-    # " 🚨" = b" \xf0\x9f" + b"\x9a" + b"\xa8" as three tokens. llama-server sends the first two
-    # as their own bytes and, at the third, the whole character again (b" \xf0\x9f\x9a\xa8").
-    # The third's own token is not among its listed candidates here, so its bytes come from
-    # the sent bytes minus the pending fragments; the second's from the candidate with its id.
+def test_llama_server_merged_character_is_an_unknown_position():
+    # " 🚨" = b" \xf0\x9f" + b"\x9a" + b"\xa8" as three tokens: llama-server reports no entry
+    # for the first two and, for the third, the whole character with the third token's id,
+    # logprob and candidates (continuation bytes, in a context holding the unreported tokens).
     content = [
-        _entry(10, b" \xf0\x9f", -1.0, [(10, b" \xf0\x9f", -1.0), (11, b" the", -1.2)]),
-        _entry(20, b"\x9a", -0.1, [(20, b"\x9a", -0.1), (21, b"\x98", -2.5)]),
-        _entry(30, b" \xf0\x9f\x9a\xa8", -0.7, [(31, b"\x80", -0.6), (32, b"\x97", -1.9)]),
+        _entry(10, b" Hi", -1.0, [(10, b" Hi", -1.0), (11, b" the", -1.2)]),
+        _entry(30, b" \xf0\x9f\x9a\xa8", -0.7, [(31, b"\x80", -0.6), (30, b"\xa8", -0.7)]),
         _entry(40, b"!", -0.2, [(40, b"!", -0.2)]),
+        # The same, with its own candidate not among the top k: still told by the candidates.
+        _entry(50, b"\xe3\x81\x82", -0.5, [(51, b"\x81", -0.3), (52, b"\x82", -1.0)]),
+        _entry(60, b"\xe3\x81\x82", -0.1, [(60, b"\xe3\x81\x82", -0.1)]),  # one token
     ]
     positions = parse_chat(content)
-    own = [p.sampled.raw for p in positions]
-    assert own == [b" \xf0\x9f", b"\x9a", b"\xa8", b"!"]
-    assert b"".join(own).decode() == " \U0001f6a8!"
-    assert [p.sampled.id for p in positions] == [10, 20, 30, 40]
-    # The continuation-byte candidates stay fragments (never text, never EOS).
-    assert all(c.text is None and not c.special for c in positions[2].candidates)
+    assert len(positions) == len(content)
+    assert positions[1] == Position((), None) and positions[3] == Position((), None)
+    assert positions[0].sampled.raw == b" Hi" and positions[2].sampled.raw == b"!"
+    assert positions[4].sampled.raw == "\u3042".encode() and positions[4].sampled.id == 60
+    # The usable draft ends before the merged entry; nothing there reads as text or EOS.
+    usable = []
+    for p in positions:
+        if p.sampled is None:
+            break
+        usable.append(p.sampled.raw)
+    assert usable == [b" Hi"]
 
 
 # -- recorded from the real llama-server (tests/data/record_llama_server_payloads.py) -----------
 
 RECORDED_LS = {
-    "llama_server_draft_emoji.json": "fragment",
-    "llama_server_draft_cjk.json": "fragment",
+    "llama_server_draft_emoji.json": "merged",
+    "llama_server_draft_cjk.json": "merged",
     "llama_server_candidates_eos_in_topk.json": "eos_in_topk",
     "llama_server_draft_eos_sampled.json": "stop",
 }
@@ -330,11 +336,14 @@ def test_recorded_llama_server_payloads(name):
         choice["logprobs"], finish_reason=choice["finish_reason"], eos_token_ids=[eos_id]
     )
     assert len(positions) == len(content)
-    assert all(p.sampled is not None for p in positions)
-    assert [p.sampled.id for p in positions] == [t["id"] for t in content]
-    # Each position's own bytes join up to exactly the text the server sent.
-    joined = b"".join(p.sampled.raw for p in positions if not p.sampled.special)
-    assert joined == choice["text"].encode()
+    # Each known position's bytes are what the server sent for it; the unknown ones are the
+    # merged characters (their sent bytes are a whole character, their candidates fragments).
+    for p, t in zip(positions, content, strict=True):
+        if p.sampled is None:
+            assert p.candidates == () and bytes(t["bytes"]).decode()  # a whole character
+            assert any(0x80 <= x["bytes"][0] < 0xC0 for x in t["top_logprobs"] if x["bytes"])
+        elif not p.sampled.special:
+            assert p.sampled.raw == bytes(t["bytes"]) and p.sampled.id == t["id"]
     for p in positions:
         for c in p.candidates:
             assert c.id is not None
@@ -343,8 +352,8 @@ def test_recorded_llama_server_payloads(name):
             if c.text is None:
                 assert not c.special  # a fragment is never end-of-sequence
     kind = RECORDED_LS[name]
-    if kind == "fragment":
-        assert any(p.sampled.text is None for p in positions)
+    if kind == "merged":
+        assert any(p.sampled is None for p in positions)
     elif kind == "eos_in_topk":
         assert any(c.special and c.id == eos_id for c in positions[0].candidates)
     else:

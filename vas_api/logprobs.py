@@ -26,14 +26,18 @@ is shaped around it):
   the requested k (so the dict has fewer than k entries when a collision happened);
 - a sampled end-of-sequence token is never reported: generation stops before the position is
   added (see `vas_api.providers.openai_wire` for how candidates calls still get the top k).
-What llama.cpp's own server (llama-server) does (read in its tools/server source, checked on
-its output): every entry, on /v1/completions too, has ``id``, ``token`` (the piece cut to its
-valid UTF-8 prefix, so a byte fragment is ``""``) and ``bytes`` (the raw piece); a candidate's
-bytes are its token's own, but the *sampled* entry carries the text the server sent at that
-step: at the token that completes a multi-byte character, the bytes of the whole character
-(the earlier fragments' bytes again, e.g. b' \xf0\x9f\x9a\xa8'). The parser gives each
-position its own token's bytes: the candidate with the sampled id when it is listed, else the
-sent bytes minus the pending fragments in front, else unknown (`Position.sampled` None).
+What llama.cpp's own server (llama-server) does (read in its tools/server source, seen on its
+output): every entry, on /v1/completions too, has ``id``, ``token`` (the piece cut to its valid
+UTF-8 prefix, so a byte fragment is ``""``) and ``bytes`` (the raw piece). But it adds an entry
+only when its text is complete UTF-8: the tokens that hold the first bytes of a multi-byte
+character get no entry at all, and the entry of the token that completes the character carries
+the bytes of the whole character (e.g. b' \xf0\x9f\x9a\xa8', with the leading space), while
+its id, logprob and candidates are those of the last token alone (continuation bytes such as
+b'\x80', b'\x97'), in a context that holds the unreported tokens. Such a *merged* entry (its
+sent bytes are not its own token's: the candidate with its id has other bytes, or its
+candidates start mid-character) parses into a Position with no candidates and
+``sampled=None``: unknown, so a draft ends cleanly before it and the sampler asks again from
+there. Entries after it follow the whole character and are ordinary positions.
 
 Fragments and end-of-sequence, whichever way a server spells them: with a ``bytes`` array a
 fragment is its bytes (never text, never EOS) and an empty piece is a control token (EOS);
@@ -337,7 +341,6 @@ def parse_chat(
     eos_ids = frozenset(int(i) for i in eos_token_ids)
     items = list(content or [])
     positions = []
-    pending = b""  # sampled bytes since the last complete character (not yet sent as text)
     for i, item in enumerate(items):
         entries = []
         for top in _field(item, "top_logprobs") or []:
@@ -353,48 +356,37 @@ def parse_chat(
         token = str(_field(item, "token", ""))
         sent = _field(item, "bytes")
         token_id = _field(item, "id")
-        own = _own_bytes(sent, token_id, entries, pending)
+        if _merged(sent, token_id, entries):
+            positions.append(Position((), None))  # see the module docstring
+            continue
         sampled = _sampled(
-            token, _field(item, "logprob"), own, specials,
-            i, len(items), finish_reason, None,
+            token, _field(item, "logprob"), sent, specials, i, len(items), finish_reason, None,
         )
         if sampled is not None and isinstance(token_id, int) and not isinstance(token_id, bool):
             special = sampled.special or token_id in eos_ids
             sampled = Candidate(sampled.raw, sampled.logprob, special, id=token_id)
-        if sampled is None or sampled.special:
-            pending = b""
-        else:  # llama-server holds back everything since its last complete character
-            pending = pending + sampled.raw if _incomplete_tail(pending + sampled.raw) else b""
         positions.append(Position(merge_candidates(entries, k), sampled))
     return positions
 
 
-def _own_bytes(
-    sent: Sequence[int] | None, token_id: Any, entries: Sequence[Candidate], pending: bytes
-) -> Sequence[int] | None:
-    """The sampled token's own bytes at one position (see the module docstring)."""
+def _merged(sent: Sequence[int] | None, token_id: Any, entries: Sequence[Candidate]) -> bool:
+    """True for a llama-server entry that carries a whole character completed by its token."""
     if sent is None:
-        return None
+        return False
+    raw = bytes(int(b) & 0xFF for b in sent)
     if token_id is not None:
         for c in entries:
             if c.id == token_id and not c.special:
-                return list(c.raw)
-    raw = bytes(int(b) & 0xFF for b in sent)
-    if pending and raw.startswith(pending) and len(raw) > len(pending):
-        return list(raw[len(pending) :])  # llama-server re-sent the earlier fragments
-    return list(raw)
-
-
-def _incomplete_tail(data: bytes) -> bytes:
-    """The trailing bytes of `data` that do not yet form a whole UTF-8 character."""
-    for cut in range(1, min(4, len(data)) + 1):
-        lead = data[-cut]
-        if lead < 0x80:
-            return b""  # ASCII: complete
-        if lead >= 0xC0:  # a lead byte `cut` bytes from the end
-            need = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
-            return data[-cut:] if need > cut else b""
-    return b""
+                return c.raw != raw
+    # Its own candidate is not listed: merged when it sent a whole multi-byte character while
+    # its candidates are continuation bytes (the context is mid-character). A server that
+    # reports each token's own bytes sends a fragment there instead, which does not decode.
+    try:
+        whole = any(b >= 0x80 for b in raw) and bool(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return False
+    top = next((c for c in entries if not c.special), None)
+    return whole and top is not None and bool(top.raw) and 0x80 <= top.raw[0] < 0xC0
 
 
 def parse_logprobs(

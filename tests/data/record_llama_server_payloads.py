@@ -27,11 +27,11 @@ CASES: dict[str, dict[str, Any]] = {
     # Drafts that cross multi-byte characters (emoji: 4-byte characters split over tokens).
     "llama_server_draft_emoji.json": {
         "user": "Reply with a row of ten different emoji and nothing else.", "assistant": "",
-        "max_tokens": 16, "until": "fragment",
+        "max_tokens": 16, "until": "merged",
     },
     "llama_server_draft_cjk.json": {
         "user": "Say good morning in Chinese and in Japanese.", "assistant": "",
-        "max_tokens": 16, "until": "fragment",
+        "max_tokens": 16, "until": "merged",
     },
     # End of an answer: the end-of-turn token is among the top candidates.
     "llama_server_candidates_eos_in_topk.json": {
@@ -48,9 +48,9 @@ CASES: dict[str, dict[str, Any]] = {
 
 def _found(case: dict[str, Any], choice: dict[str, Any], eos_id: int) -> bool:
     content = choice["logprobs"]["content"]
-    if case["until"] == "fragment":
-        return any(bytes(t["bytes"]).decode("utf-8", "ignore") != bytes(t["bytes"]).decode(
-            "utf-8", "replace") for t in content)
+    if case["until"] == "merged":  # an entry whose candidates are continuation bytes
+        return any(any(x["bytes"] and 0x80 <= x["bytes"][0] < 0xC0 for x in t["top_logprobs"])
+                   for t in content)
     if case["until"] == "eos_in_topk":
         return any(t["id"] == eos_id for t in content[0]["top_logprobs"])
     return choice["finish_reason"] == "stop" and bool(content) and content[-1]["id"] == eos_id
