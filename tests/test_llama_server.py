@@ -86,6 +86,21 @@ def test_drafts_follow_reported_logprobs(ls_provider):
     assert set(restricted) <= top5
 
 
+def test_default_sampler_chain_does_not_follow_reported_logprobs(ls_provider, llama_server):
+    """The power behind the test above: llama-server's own defaults (top_k 40, top_p 0.95,
+    min_p 0.05, temperature 0.8) sample from another distribution, and 300 draws show it."""
+    (pos,) = ls_provider.candidates(CITY, k=20).positions
+    probs = {c.raw: c.prob for c in pos.candidates if not c.special}
+    draws = []
+    for seed in range(300):
+        body = {"model": llama_server.model, "prompt": CITY.prompt, "max_tokens": 1,
+                "logprobs": 1, "seed": seed}
+        entry = httpx.post(f"{llama_server.base_url}/completions", json=body,
+                           timeout=60).json()["choices"][0]["logprobs"]["content"][0]
+        draws.append(bytes(entry["bytes"]))
+    assert _chi_square_p(draws, probs) < 1e-3
+
+
 def test_emoji_drafts_give_consistent_positions(ls_provider, llama_server):
     # Drafts that cross multi-byte characters. llama-server reports no entry for the tokens
     # that start a character and one merged entry (whole character, the last token's
