@@ -519,10 +519,8 @@ def test_old_cached_profile_is_reprobed_not_an_error(tmp_path, monkeypatch):
     assert cached_profile("http://h.test/v1", "m") is None
 
 
-@respx.mock(base_url=BASE)
-def test_probe_llama_server_shape_and_endpoints(respx_mock):
-    # llama-server answers /v1/completions with the chat shape; the probe finds its EOS id
-    # through /props + /tokenize and sends the prompt as token ids.
+def mock_llama_server(respx_mock):
+    """respx routes answering like llama-server (payloads in its wire format)."""
     respx_mock.get("/models").respond(200, json={"object": "list", "data": [
         {"id": "smol", "object": "model", "created": 0, "owned_by": "llamacpp"}]})
     root = "http://mock.test"
@@ -547,7 +545,14 @@ def test_probe_llama_server_shape_and_endpoints(respx_mock):
               "logprobs": {"content": [entry(i) for i in range(8)]}}
     body = {"id": "c", "object": "text_completion", "created": 0, "model": "smol",
             "choices": [choice, dict(choice, index=1)]}
-    comp = respx_mock.post("/completions").respond(200, json=body)
+    return respx_mock.post("/completions").respond(200, json=body)
+
+
+@respx.mock(base_url=BASE)
+def test_probe_llama_server_shape_and_endpoints(respx_mock):
+    # llama-server answers /v1/completions with the chat shape; the probe finds its EOS id
+    # through /props + /tokenize and sends the prompt as token ids.
+    comp = mock_llama_server(respx_mock)
     profile = probe_profile(sync_client(), "smol", refresh=True, cache=False)
     assert profile.family == "llama.cpp" and profile.logprob_shape == "chat"
     assert profile.eos_token_ids == (2,) and profile.tokenize and profile.apply_template
@@ -555,3 +560,14 @@ def test_probe_llama_server_shape_and_endpoints(respx_mock):
     assert profile.max_top_k == 3  # it returned fewer than the 64 asked for
     sent = json.loads(comp.calls.last.request.content)
     assert sent["prompt"] == [101, 102, 103] and sent["samplers"] == ["top_k", "temperature"]
+
+
+@respx.mock(base_url=BASE)
+async def test_aprobe_llama_server_same_profile(respx_mock):
+    from vas_api.profiles import aprobe_profile
+
+    mock_llama_server(respx_mock)
+    sync = probe_profile(sync_client(), "smol", refresh=True, cache=False)
+    client = async_client()
+    assert await aprobe_profile(client, "smol", refresh=True, cache=False) == sync
+    await client.close()
