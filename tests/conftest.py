@@ -84,3 +84,37 @@ async def async_provider(local_server) -> AsyncIterator[object]:
         profile=local_server.profile,
     )
     await client.close()
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    """A running LlamaServer (llama.cpp's own llama-server, SmolLM2-135M-Instruct), one per
+    session. A missing binary is built first (tools/llama_server.py, cached per machine under
+    ~/.cache/vas-api-build/llama-server; about 8 to 13 minutes once), never skipped."""
+    import importlib.util
+    from pathlib import Path
+
+    from vas_api.errors import LocalServerError
+    from vas_api.local import LlamaServer, find_llama_server
+
+    try:
+        binary = find_llama_server()
+    except LocalServerError:
+        path = Path(__file__).resolve().parent.parent / "tools" / "llama_server.py"
+        spec = importlib.util.spec_from_file_location("_vas_build_llama_server", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        binary = module.ensure_llama_server()
+    server = LlamaServer(binary=binary)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_server_client(llama_server):
+    """A sync openai client for the llama-server fixture."""
+    client = llama_server.client(max_retries=0, timeout=120)
+    yield client
+    client.close()

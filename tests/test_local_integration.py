@@ -55,7 +55,7 @@ def test_models_and_probe(local_server, openai_client):
     assert profile.max_top_k is None  # no cap on k
     assert profile.top_k_param and not profile.n_param  # n is ignored: one choice per call
     assert profile.continuation == "completions" and profile.logprob_shape == "legacy"
-    assert profile.extra["family"] == "llama-cpp-python"
+    assert profile.family == "llama-cpp-python"
 
 
 def test_unknown_model_is_caught_by_probe(openai_client, local_server):

@@ -20,7 +20,7 @@ from vas_api.logprobs import (
     parse_logprobs,
     token_bytes,
 )
-from vas_api.types import Candidate
+from vas_api.types import Candidate, Position
 
 DATA = Path(__file__).parent / "data"
 
@@ -243,3 +243,118 @@ def test_none_and_empty():
     assert parse_logprobs(None) == []
     assert parse_logprobs({"content": []}) == []
     assert parse_legacy({"tokens": [], "token_logprobs": [], "top_logprobs": []}) == []
+
+
+# -- fragments, ids and llama-server's merged characters ---------------------------------------
+
+
+def test_fragment_spellings_are_never_text_or_eos():
+    # One position listing a fragment in every spelling servers use, an EOS printed as
+    # nothing, and an ordinary token.
+    content = [{
+        "id": 30, "token": "a", "bytes": [97], "logprob": -0.5, "top_logprobs": [
+            {"id": 30, "token": "a", "bytes": [97], "logprob": -0.5},
+            {"id": 41, "token": "", "bytes": [0x9A], "logprob": -1.0},  # llama-server
+            {"id": 42, "token": "\ufffd", "logprob": -1.5},  # decoded alone, bytes lost
+            {"id": 43, "token": "", "logprob": -2.0},  # no bytes, not an EOS id
+            {"id": 2, "token": "", "bytes": [], "logprob": -2.5},  # control token, no text
+        ],
+    }]
+    (pos,) = parse_chat(content, eos_token_ids=[2])
+    by_id = {c.id: c for c in pos.candidates}
+    assert set(by_id) == {30, 41, 2}  # the two whose bytes are unknown are dropped
+    assert by_id[41].raw == b"\x9a" and by_id[41].text is None and not by_id[41].special
+    assert by_id[2].special and not by_id[30].special
+    assert all(c.raw != "\ufffd".encode() for c in pos.candidates)
+    # The legacy "bytes:" spelling is a fragment, not EOS.
+    (leg,) = parse_legacy({
+        "tokens": ["a"], "token_logprobs": [-0.1], "text_offset": [0],
+        "top_logprobs": [{"a": -0.1, "bytes:\\x9a": -2.0}],
+    })
+    frag = leg.find(b"\x9a")
+    assert frag is not None and not frag.special and frag.text is None
+
+
+def test_sampled_id_marks_eos_and_ids_are_kept():
+    content = [{"id": 2, "token": "<|im_end|>", "bytes": list(b"<|im_end|>"), "logprob": -0.3,
+                "top_logprobs": [{"id": 2, "token": "<|im_end|>", "bytes": list(b"<|im_end|>"),
+                                  "logprob": -0.3}]}]
+    (pos,) = parse_chat(content, eos_token_ids=[2], finish_reason="stop")
+    assert pos.sampled.special and pos.sampled.id == 2 and pos.candidates[0].id == 2
+
+
+def _entry(tid, sent, lp, tops):
+    return {"id": tid, "token": sent.decode("utf-8", "ignore"), "bytes": list(sent),
+            "logprob": lp, "top_logprobs": [
+                {"id": i, "token": b.decode("utf-8", "ignore"), "bytes": list(b), "logprob": v}
+                for i, b, v in tops]}
+
+
+def test_llama_server_merged_character_is_an_unknown_position():
+    # " 🚨" = b" \xf0\x9f" + b"\x9a" + b"\xa8" as three tokens: llama-server reports no entry
+    # for the first two and, for the third, the whole character with the third token's id,
+    # logprob and candidates (continuation bytes, in a context holding the unreported tokens).
+    content = [
+        _entry(10, b" Hi", -1.0, [(10, b" Hi", -1.0), (11, b" the", -1.2)]),
+        _entry(30, b" \xf0\x9f\x9a\xa8", -0.7, [(31, b"\x80", -0.6), (30, b"\xa8", -0.7)]),
+        _entry(40, b"!", -0.2, [(40, b"!", -0.2)]),
+        # The same, with its own candidate not among the top k: still told by the candidates.
+        _entry(50, b"\xe3\x81\x82", -0.5, [(51, b"\x81", -0.3), (52, b"\x82", -1.0)]),
+        _entry(60, b"\xe3\x81\x82", -0.1, [(60, b"\xe3\x81\x82", -0.1)]),  # one token
+    ]
+    positions = parse_chat(content)
+    assert len(positions) == len(content)
+    assert positions[1] == Position((), None) and positions[3] == Position((), None)
+    assert positions[0].sampled.raw == b" Hi" and positions[2].sampled.raw == b"!"
+    assert positions[4].sampled.raw == "\u3042".encode() and positions[4].sampled.id == 60
+    # The usable draft ends before the merged entry; nothing there reads as text or EOS.
+    usable = []
+    for p in positions:
+        if p.sampled is None:
+            break
+        usable.append(p.sampled.raw)
+    assert usable == [b" Hi"]
+
+
+# -- recorded from the real llama-server (tests/data/record_llama_server_payloads.py) -----------
+
+RECORDED_LS = {
+    "llama_server_draft_emoji.json": "merged",
+    "llama_server_draft_cjk.json": "merged",
+    "llama_server_candidates_eos_in_topk.json": "eos_in_topk",
+    "llama_server_draft_eos_sampled.json": "stop",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_LS))
+def test_recorded_llama_server_payloads(name):
+    record = load(name)
+    eos_id = record["eos_token_id"]
+    choice = record["response"]["choices"][0]
+    content = choice["logprobs"]["content"]
+    positions = parse_logprobs(
+        choice["logprobs"], finish_reason=choice["finish_reason"], eos_token_ids=[eos_id]
+    )
+    assert len(positions) == len(content)
+    # Each known position's bytes are what the server sent for it; the unknown ones are the
+    # merged characters (their sent bytes are a whole character, their candidates fragments).
+    for p, t in zip(positions, content, strict=True):
+        if p.sampled is None:
+            assert p.candidates == () and bytes(t["bytes"]).decode()  # a whole character
+            assert any(0x80 <= x["bytes"][0] < 0xC0 for x in t["top_logprobs"] if x["bytes"])
+        elif not p.sampled.special:
+            assert p.sampled.raw == bytes(t["bytes"]) and p.sampled.id == t["id"]
+    for p in positions:
+        for c in p.candidates:
+            assert c.id is not None
+            if c.id == eos_id:
+                assert c.special  # EOS by the server's own id
+            if c.text is None:
+                assert not c.special  # a fragment is never end-of-sequence
+    kind = RECORDED_LS[name]
+    if kind == "merged":
+        assert any(p.sampled is None for p in positions)
+    elif kind == "eos_in_topk":
+        assert any(c.special and c.id == eos_id for c in positions[0].candidates)
+    else:
+        assert choice["finish_reason"] == "stop" and positions[-1].sampled.special

@@ -7,6 +7,7 @@ every bad-input error, with the real openai SDK doing the HTTP.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import httpx
@@ -332,29 +333,96 @@ def test_wrong_client_type():
 # -- profiles: probe and cache -------------------------------------------------------------------
 
 
+def two_choices(tokens, tops) -> dict:
+    body = completion(tokens, tops)
+    body["choices"].append(dict(body["choices"][0], index=1))
+    return body
+
+
+# Under top_k=1 an honouring server samples the argmax everywhere. Spread-out distributions
+# (argmax probability e^-1 = 0.37) make that unlikely for an ignoring server: 8 positions x 2
+# choices give P0 = e^-16 = 1.1e-7 < 1e-3. A peaky model (argmax 0.99) gives P0 = 0.99^16 = 0.85.
+SPREAD = [{f" w{i}": -1.0, f" v{i}": -1.5, f" u{i}": -2.0} for i in range(8)]
+PEAKY = [{f" w{i}": math.log(0.99), f" v{i}": -6.0} for i in range(8)]
+
+
 @respx.mock(base_url=BASE)
 def test_probe_vllm_like_server_in_two_to_three_calls(respx_mock):
     models = respx_mock.get("/models").respond(200, json={"object": "list", "data": [
         {"id": "qwen", "object": "model", "created": 0, "owned_by": "vllm"}]})
-    tops = [{" upon": -0.1, " a": -2.0}, {" a": -0.2, " the": -1.9}]
-    ok = completion([" upon", " a"], tops)
-    ok["choices"].append(dict(ok["choices"][0], index=1))
     comp = respx_mock.post("/completions").mock(side_effect=[
         httpx.Response(400, json={"object": "error", "message":
             "Requested sample logprobs of 64, which is greater than max allowed: 20"}),
-        httpx.Response(200, json=ok),
+        httpx.Response(200, json=two_choices([f" w{i}" for i in range(8)], SPREAD)),
     ])
     profile = probe_profile(sync_client(), "qwen", refresh=True, cache=False)
     assert models.call_count == 1 and comp.call_count == 2
     assert profile.max_top_k == 20 and profile.n_param and profile.top_k_param
-    assert profile.continuation == "chat_continue" and profile.extra["sampler_dialect"] == "vllm"
-    assert json.loads(comp.calls.last.request.content)["logprobs"] == 20
+    assert profile.continuation == "chat_continue" and profile.family == "vllm"
+    assert profile.completions and profile.token_id_prompts
+    body = json.loads(comp.calls.last.request.content)
+    assert body["logprobs"] == 20 and body["top_k"] == 1
+    assert body["min_p"] == 0.0 and body["repetition_penalty"] == 1.0
+
+
+@respx.mock(base_url=BASE)
+def test_probe_top_k_ignored_by_peaky_model_is_not_honoured(respx_mock):
+    # Every sampled token is the argmax (what the old check took as "honoured"), but with
+    # p(argmax) = 0.99 an ignoring server does that 85% of the time: the check samples more
+    # prompts, stays undecided, and reports top_k as not usable.
+    respx_mock.get("/models").respond(200, json={"object": "list", "data": [
+        {"id": "m", "object": "model", "created": 0, "owned_by": "vllm"}]})
+    peaky = two_choices([f" w{i}" for i in range(8)], PEAKY)
+    comp = respx_mock.post("/completions").mock(return_value=httpx.Response(200, json=peaky))
+    profile = probe_profile(sync_client(), "m", refresh=True, cache=False)
+    assert comp.call_count == 4  # the first call and 3 more prompts, then it gives up
+    assert not profile.top_k_param
+
+
+@respx.mock(base_url=BASE)
+def test_probe_top_k_refuted_by_one_non_argmax_sample(respx_mock):
+    respx_mock.get("/models").respond(200, json={"object": "list", "data": [
+        {"id": "m", "object": "model", "created": 0, "owned_by": "vllm"}]})
+    tokens = [f" w{i}" for i in range(8)]
+    tokens[3] = " v3"  # below the argmax: top_k=1 cannot have been applied
+    comp = respx_mock.post("/completions").respond(200, json=two_choices(tokens, SPREAD))
+    profile = probe_profile(sync_client(), "m", refresh=True, cache=False)
+    assert comp.call_count == 1 and not profile.top_k_param
+
+
+def test_top_k_evidence_false_alarm_rate_and_power():
+    # A server that ignores top_k, on positions whose argmax has probability 0.37-0.6: it says
+    # "honoured" only when all 16 sampled tokens were the argmax (rate E[prod p] ~ 1e-5, far
+    # below the stated 1e-3). Failing bound: more than 40 false alarms in 20,000 runs, which at
+    # the allowed rate 1e-3 (mean 20) has probability below 1e-4. An honouring server (always
+    # the argmax) is recognised every time: 16 such positions give P0 <= 0.6^16 = 2.8e-4.
+    import random
+
+    from vas_api.profiles import TOP_K_ALPHA, top_k_evidence
+    from vas_api.types import Candidate, Position
+
+    rng = random.Random(0)
+    false_alarms, runs = 0, 20_000
+    for _ in range(runs):
+        ignoring, honouring = [], []
+        for _ in range(16):
+            p = rng.uniform(0.37, 0.6)
+            rest = math.log((1 - p) / 2)  # two others, each below the argmax
+            cands = (Candidate(b"a", math.log(p)), Candidate(b"b", rest), Candidate(b"c", rest))
+            ignoring.append(Position(cands, cands[0] if rng.random() < p else cands[1]))
+            honouring.append(Position(cands, cands[0]))
+        verdict, p0 = top_k_evidence([ignoring])
+        false_alarms += verdict is True
+        assert verdict is not True or p0 < TOP_K_ALPHA
+        assert top_k_evidence([honouring])[0] is True
+    assert false_alarms <= 40
 
 
 @respx.mock(base_url=BASE)
 def test_probe_chat_only_server(respx_mock):
     respx_mock.get("/models").respond(200, json={"object": "list", "data": [
         {"id": "chatty", "object": "model", "created": 0, "owned_by": "someone"}]})
+    props = respx_mock.get("http://mock.test/props").respond(404, json={"error": "Not found"})
     respx_mock.post("/completions").respond(404, json={"error": {"message": "Not found"}})
     respx_mock.post("/chat/completions").respond(
         200, json=json.loads((DATA / "openai_chat_logprobs.json").read_text())
@@ -362,6 +430,7 @@ def test_probe_chat_only_server(respx_mock):
     profile = probe_profile(sync_client(), "chatty", refresh=True, cache=False)
     assert profile.logprob_shape == "chat" and profile.continuation == "none"
     assert profile.max_top_k == 20 and profile.modes() == ["rerank"]
+    assert props.call_count == 1 and profile.family == "unknown"
 
 
 def test_static_profiles_need_no_calls():
@@ -407,3 +476,98 @@ class socket_port:
 
     def __exit__(self, *exc: object) -> None:
         self._s.close()
+
+
+def test_family_table_neutral_samplers():
+    from vas_api.families import FAMILIES, family_from_owned_by
+    from vas_api.profiles import LLAMA_CPP_PYTHON, LLAMA_SERVER
+    from vas_api.providers.openai_wire import neutral_sampler_params
+
+    standard, extra = neutral_sampler_params(LLAMA_SERVER)
+    assert standard == {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0,
+                        "frequency_penalty": 0.0}
+    # llama-server: the chain itself is reduced to temperature, and each sampler is off too.
+    assert extra["samplers"] == ["temperature"] and extra["top_k"] == 0
+    assert extra["dry_multiplier"] == 0.0 and extra["xtc_probability"] == 0.0
+    assert extra["mirostat"] == 0 and extra["top_n_sigma"] == -1.0 and extra["min_p"] == 0.0
+    _, restricted = neutral_sampler_params(LLAMA_SERVER, top_k=5)
+    assert restricted["samplers"] == ["top_k", "temperature"] and restricted["top_k"] == 5
+    assert extra["samplers"] == ["temperature"]  # the table itself is not changed
+    _, lcp = neutral_sampler_params(LLAMA_CPP_PYTHON)
+    assert lcp["mirostat_mode"] == 0 and lcp["repeat_penalty"] == 1.0 and "samplers" not in lcp
+    for key in ("ollama", "lmstudio"):  # servers that apply top_k 40 / min_p / repeat 1.1
+        fam = FAMILIES[key]
+        assert fam.neutral["top_k"] == 0 and fam.neutral["repeat_penalty"] == 1.0
+    assert not FAMILIES["ollama"].neutral_exact and FAMILIES["lmstudio"].neutral_exact
+    assert family_from_owned_by("llamacpp").key == "llama.cpp"
+    assert family_from_owned_by("me").key == "llama-cpp-python"
+    assert family_from_owned_by("organization_owner").key == "lmstudio"
+    assert family_from_owned_by("nobody") is None
+
+
+def test_old_cached_profile_is_reprobed_not_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAS_API_CACHE_DIR", str(tmp_path))
+    clear_memory_cache()
+    old = {"name": "vLLM", "max_top_k": 20, "logprob_shape": "chat",
+           "continuation": "chat_continue", "top_k_param": True, "n_param": True,
+           "price_prompt": 0.0, "price_completion": 0.0,
+           "extra": {"sampler_dialect": "vllm", "family": "vllm"}}
+    (tmp_path / "profiles.json").write_text(json.dumps({"http://h.test/v1|m": old}))
+    assert cached_profile("http://h.test/v1", "m") is None
+    bad = {"schema": 2, "name": "x", "unknown_field": 1}
+    (tmp_path / "profiles.json").write_text(json.dumps({"http://h.test/v1|m": bad}))
+    assert cached_profile("http://h.test/v1", "m") is None
+
+
+def mock_llama_server(respx_mock):
+    """respx routes answering like llama-server (payloads in its wire format)."""
+    respx_mock.get("/models").respond(200, json={"object": "list", "data": [
+        {"id": "smol", "object": "model", "created": 0, "owned_by": "llamacpp"}]})
+    root = "http://mock.test"
+    respx_mock.get(f"{root}/props").respond(200, json={
+        "default_generation_settings": {}, "eos_token": "<|im_end|>", "total_slots": 2})
+
+    def tokenize(request):
+        body = json.loads(request.content)
+        return httpx.Response(200, json={"tokens": [2] if body["content"] == "<|im_end|>"
+                                         else [101, 102, 103]})
+
+    respx_mock.post(f"{root}/tokenize").mock(side_effect=tokenize)
+    respx_mock.post(f"{root}/detokenize").respond(200, json={"content": "<|im_end|>"})
+    respx_mock.post(f"{root}/apply-template").respond(200, json={"prompt": "<|im_start|>..."})
+
+    def entry(i):
+        tops = [{"id": 10 + j, "token": f" w{i}{j}", "bytes": list(f" w{i}{j}".encode()),
+                 "logprob": lp} for j, lp in enumerate([-1.0, -1.5, -2.0])]
+        return {**tops[0], "top_logprobs": tops}
+
+    choice = {"index": 0, "text": "", "finish_reason": "length",
+              "logprobs": {"content": [entry(i) for i in range(8)]}}
+    body = {"id": "c", "object": "text_completion", "created": 0, "model": "smol",
+            "choices": [choice, dict(choice, index=1)]}
+    return respx_mock.post("/completions").respond(200, json=body)
+
+
+@respx.mock(base_url=BASE)
+def test_probe_llama_server_shape_and_endpoints(respx_mock):
+    # llama-server answers /v1/completions with the chat shape; the probe finds its EOS id
+    # through /props + /tokenize and sends the prompt as token ids.
+    comp = mock_llama_server(respx_mock)
+    profile = probe_profile(sync_client(), "smol", refresh=True, cache=False)
+    assert profile.family == "llama.cpp" and profile.logprob_shape == "chat"
+    assert profile.eos_token_ids == (2,) and profile.tokenize and profile.apply_template
+    assert profile.token_id_prompts and profile.top_k_param and profile.n_param
+    assert profile.max_top_k == 3  # it returned fewer than the 64 asked for
+    sent = json.loads(comp.calls.last.request.content)
+    assert sent["prompt"] == [101, 102, 103] and sent["samplers"] == ["top_k", "temperature"]
+
+
+@respx.mock(base_url=BASE)
+async def test_aprobe_llama_server_same_profile(respx_mock):
+    from vas_api.profiles import aprobe_profile
+
+    mock_llama_server(respx_mock)
+    sync = probe_profile(sync_client(), "smol", refresh=True, cache=False)
+    client = async_client()
+    assert await aprobe_profile(client, "smol", refresh=True, cache=False) == sync
+    await client.close()

@@ -26,7 +26,25 @@ is shaped around it):
   the requested k (so the dict has fewer than k entries when a collision happened);
 - a sampled end-of-sequence token is never reported: generation stops before the position is
   added (see `vas_api.providers.openai_wire` for how candidates calls still get the top k).
-So an empty token string is read as an end-of-sequence candidate (``special=True``), except for
+What llama.cpp's own server (llama-server) does (read in its tools/server source, seen on its
+output): every entry, on /v1/completions too, has ``id``, ``token`` (the piece cut to its valid
+UTF-8 prefix, so a byte fragment is ``""``) and ``bytes`` (the raw piece). But it adds an entry
+only when its text is complete UTF-8: the tokens that hold the first bytes of a multi-byte
+character get no entry at all, and the entry of the token that completes the character carries
+the bytes of the whole character (e.g. b' \xf0\x9f\x9a\xa8', with the leading space), while
+its id, logprob and candidates are those of the last token alone (continuation bytes such as
+b'\x80', b'\x97'), in a context that holds the unreported tokens. Such a *merged* entry (its
+sent bytes are not its own token's: the candidate with its id has other bytes, or its
+candidates start mid-character) parses into a Position with no candidates and
+``sampled=None``: unknown, so a draft ends cleanly before it and the sampler asks again from
+there. Entries after it follow the whole character and are ordinary positions.
+
+Fragments and end-of-sequence, whichever way a server spells them: with a ``bytes`` array a
+fragment is its bytes (never text, never EOS) and an empty piece is a control token (EOS);
+ids in `eos_token_ids` and strings in `special_tokens` are EOS; a token spelled U+FFFD with no
+bytes array has lost its bytes and is dropped from the candidates (neither text nor EOS).
+
+So an empty token string with no bytes array is read as an end-of-sequence candidate (``special=True``), except for
 a *sampled* token that is followed by more positions: that one cannot have ended generation, so
 it is a partial character whose bytes the server dropped. Its bytes are recovered from the
 choice text and ``text_offset`` where possible (the run of partial tokens then carries the whole
@@ -136,7 +154,8 @@ def merge_candidates(entries: Iterable[Candidate], k: int | None = None) -> tupl
 
     Returns:
         The merged candidates, highest logprob first (ties keep the server's order). A merged
-        candidate is special when any of its parts was.
+        candidate is special when any of its parts was, and keeps an id only when all its parts
+        had the same one.
     """
     merged: dict[bytes, Candidate] = {}
     for c in entries:
@@ -147,22 +166,39 @@ def merge_candidates(entries: Iterable[Candidate], k: int | None = None) -> tupl
             merged[c.raw] = c
         else:
             merged[c.raw] = Candidate(
-                c.raw, _logsumexp(prev.logprob, c.logprob), prev.special or c.special
+                c.raw, _logsumexp(prev.logprob, c.logprob), prev.special or c.special,
+                id=prev.id if prev.id == c.id else None,
             )
     ranked = sorted(merged.values(), key=lambda c: -c.logprob)
     return tuple(ranked if k is None else ranked[:k])
 
 
 def _candidate(
-    token: str, logprob: float, byte_values: Sequence[int] | None, specials: frozenset[str]
-) -> Candidate:
-    if token in specials:
-        return Candidate(token.encode("utf-8"), float(logprob), special=True)
-    raw = token_bytes(token, byte_values)
+    token: str,
+    logprob: float,
+    byte_values: Sequence[int] | None,
+    specials: frozenset[str],
+    token_id: Any = None,
+    eos_ids: frozenset[int] = frozenset(),
+) -> Candidate | None:
+    """One reported candidate, or None when its bytes are lost (see the module docstring)."""
+    tid = int(token_id) if isinstance(token_id, int) and not isinstance(token_id, bool) else None
+    if token in specials or (tid is not None and tid in eos_ids):
+        return Candidate(token.encode("utf-8"), float(logprob), special=True, id=tid)
+    if byte_values is not None:
+        raw = token_bytes(token, byte_values)
+        # A real byte array: a fragment has at least one byte; an empty piece is a control
+        # token printed as nothing.
+        return Candidate(raw, float(logprob), special=(raw == b""), id=tid)
+    if "\ufffd" in token:
+        return None  # decoded alone, a fragment reads as U+FFFD: its bytes are gone
+    raw = token_bytes(token, None)
+    if raw == b"" and tid is not None and eos_ids:
+        return None  # the server says which ids end the response, and this is not one
     # An empty token is either an end-of-sequence token printed as nothing, or a partial
     # character the server dropped; as a candidate only the first reading makes sense (choosing
     # "nothing" would not move the response forward), see the module docstring.
-    return Candidate(raw, float(logprob), special=(raw == b""))
+    return Candidate(raw, float(logprob), special=(raw == b""), id=tid)
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -216,11 +252,12 @@ def parse_legacy(
     n = len(tokens)
     for i, token in enumerate(tokens):
         top = tops[i] if i < len(tops) else None
-        entries = [
+        found = [
             _candidate(str(t), lp, None, specials)
             for t, lp in (top.items() if isinstance(top, Mapping) else [])
             if not is_sentinel(lp)
         ]
+        entries = [c for c in found if c is not None]
         lp = token_lps[i] if i < len(token_lps) else None
         if is_sentinel(lp) and isinstance(top, Mapping) and token in top:
             lp = top[token]
@@ -281,8 +318,10 @@ def parse_chat(
     k: int | None = None,
     finish_reason: str | None = None,
     special_tokens: Iterable[str] = DEFAULT_SPECIAL_TOKENS,
+    eos_token_ids: Iterable[int] = (),
 ) -> list[Position]:
-    """Parse the chat shape: ``[{token, bytes, logprob, top_logprobs: [{token, bytes, logprob}]}]``.
+    """Parse the chat shape: ``[{id?, token, bytes, logprob, top_logprobs: [{id?, token, bytes,
+    logprob}]}]`` (chat completions everywhere; llama-server's /v1/completions too).
 
     Args:
         content: ``choice.logprobs.content`` (dicts or ``ChatCompletionTokenLogprob`` objects).
@@ -290,11 +329,16 @@ def parse_chat(
         finish_reason: ``choice.finish_reason`` (an empty last token reads as end-of-sequence
             only when it is "stop").
         special_tokens: token strings that are end-of-sequence / control tokens.
+        eos_token_ids: token ids that end the response (llama-server: from /props + /tokenize
+            or the GGUF metadata).
 
     Returns:
-        One Position per reported token, in order; [] when there are none.
+        One Position per reported token, in order; [] when there are none. Each position's
+        sampled token carries its own token's bytes and id (see the module docstring for
+        llama-server's merged characters); None where they cannot be known.
     """
     specials = frozenset(special_tokens)
+    eos_ids = frozenset(int(i) for i in eos_token_ids)
     items = list(content or [])
     positions = []
     for i, item in enumerate(items):
@@ -303,16 +347,46 @@ def parse_chat(
             lp = _field(top, "logprob")
             if is_sentinel(lp):
                 continue
-            entries.append(
-                _candidate(str(_field(top, "token", "")), lp, _field(top, "bytes"), specials)
+            cand = _candidate(
+                str(_field(top, "token", "")), lp, _field(top, "bytes"), specials,
+                _field(top, "id"), eos_ids,
             )
+            if cand is not None:
+                entries.append(cand)
         token = str(_field(item, "token", ""))
+        sent = _field(item, "bytes")
+        token_id = _field(item, "id")
+        if _merged(sent, token_id, entries):
+            positions.append(Position((), None))  # see the module docstring
+            continue
         sampled = _sampled(
-            token, _field(item, "logprob"), _field(item, "bytes"), specials,
-            i, len(items), finish_reason, None,
+            token, _field(item, "logprob"), sent, specials, i, len(items), finish_reason, None,
         )
+        if sampled is not None and isinstance(token_id, int) and not isinstance(token_id, bool):
+            special = sampled.special or token_id in eos_ids
+            sampled = Candidate(sampled.raw, sampled.logprob, special, id=token_id)
         positions.append(Position(merge_candidates(entries, k), sampled))
     return positions
+
+
+def _merged(sent: Sequence[int] | None, token_id: Any, entries: Sequence[Candidate]) -> bool:
+    """True for a llama-server entry that carries a whole character completed by its token."""
+    if sent is None:
+        return False
+    raw = bytes(int(b) & 0xFF for b in sent)
+    if token_id is not None:
+        for c in entries:
+            if c.id == token_id and not c.special:
+                return c.raw != raw
+    # Its own candidate is not listed: merged when it sent a whole multi-byte character while
+    # its candidates are continuation bytes (the context is mid-character). A server that
+    # reports each token's own bytes sends a fragment there instead, which does not decode.
+    try:
+        whole = any(b >= 0x80 for b in raw) and bool(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return False
+    top = next((c for c in entries if not c.special), None)
+    return whole and top is not None and bool(top.raw) and 0x80 <= top.raw[0] < 0xC0
 
 
 def parse_logprobs(
@@ -322,6 +396,7 @@ def parse_logprobs(
     text: str | None = None,
     finish_reason: str | None = None,
     special_tokens: Iterable[str] = DEFAULT_SPECIAL_TOKENS,
+    eos_token_ids: Iterable[int] = (),
 ) -> list[Position]:
     """Parse ``choice.logprobs`` of either shape, telling them apart by their fields.
 
@@ -329,6 +404,7 @@ def parse_logprobs(
         logprobs: a legacy ``Logprobs`` / dict with ``tokens``, or a chat ``ChoiceLogprobs`` /
             dict with ``content``, or None.
         k, text, finish_reason, special_tokens: as in `parse_legacy` / `parse_chat`.
+        eos_token_ids: as in `parse_chat` (the legacy shape carries no ids).
 
     Returns:
         The positions; [] when `logprobs` is None or empty.
@@ -338,7 +414,7 @@ def parse_logprobs(
     if _field(logprobs, "content") is not None:
         return parse_chat(
             _field(logprobs, "content"), k=k, finish_reason=finish_reason,
-            special_tokens=special_tokens,
+            special_tokens=special_tokens, eos_token_ids=eos_token_ids,
         )
     return parse_legacy(
         logprobs, k=k, text=text, finish_reason=finish_reason, special_tokens=special_tokens

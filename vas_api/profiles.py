@@ -1,37 +1,39 @@
 """Capability profiles of OpenAI-compatible endpoints: known ones, probing, and a cache.
 
 A profile says what an endpoint can do (max top-k, logprob shape, how to continue a partial
-response, whether top_k and n>1 are accepted). Known hosted endpoints get a static profile with
-no calls; anything else is probed with as few calls as possible:
+response, whether top_k and n>1 are accepted, token-id prompts, tokenizer endpoints). Known
+hosted endpoints get a static profile with no calls; anything else is probed with few calls:
 
 1. ``GET /models``: checks that the model exists and tells the server family by ``owned_by``
-   ("me" is llama-cpp-python, "vllm", "sglang", "llamacpp" is llama-server);
-2. one /v1/completions call (4 tokens, logprobs=64, n=2, top_k=1): the number of entries per
-   position gives the top-k cap (a server that clamps returns fewer; one that refuses says its
-   maximum in the error, and the call is repeated once with it), the number of choices says
-   whether n>1 works, and "every sampled token is the argmax" says whether top_k is honoured;
-3. only when /v1/completions is missing: one chat call with logprobs instead.
-
-Keys this module puts in ``ProviderProfile.extra`` (read by `vas_api.providers.openai_wire`):
-``sampler_dialect`` ("llama.cpp", "vllm", "openai": which neutral-sampler parameters to send),
-``min_tokens_for_eos`` (send min_tokens=1 on candidates calls), ``completions`` (string prompts
-may use /v1/completions even when chat is used for messages), ``max_tokens_param``
-("max_completion_tokens" for OpenAI), ``family``, ``special_tokens`` (control-token strings) and
-``exact_logprobs`` (the local server's lossless reporter).
+   (the table in `vas_api.families`: "me" is llama-cpp-python, "llamacpp" llama-server, ...);
+2. for llama.cpp's server (or an unknown one): ``GET /props`` (its ``eos_token``), then
+   ``POST /tokenize`` of that token (its id, and that /tokenize works), ``POST /detokenize`` and
+   ``POST /apply-template`` (that they work);
+3. one /v1/completions call (8 tokens, logprobs=64, n=2, top_k=1, the prompt sent as token ids
+   where the server can tokenize): the entries per position give the top-k cap (a server that
+   clamps returns fewer; one that refuses says its maximum in the error, and the call is
+   repeated with it), the number of choices says whether n>1 works, the logprobs may come in
+   either shape (llama-server answers /v1/completions with the chat shape's ``content`` list),
+   and the sampled tokens feed the top_k check (`top_k_evidence`; up to 3 more calls on other
+   high-entropy prompts until it can decide);
+4. only when /v1/completions is missing: one chat call with logprobs instead.
 
 Probed profiles are cached in memory and in ``~/.cache/vas-api/profiles.json`` (or
-``$VAS_API_CACHE_DIR``), keyed by base URL (credentials and query stripped) + model. API keys are
-never stored.
+``$VAS_API_CACHE_DIR``), keyed by base URL (credentials and query stripped) + model, with the
+profile schema version: an entry of another version (or one that does not load) is probed
+again, never an error. API keys are never stored.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import tempfile
-from dataclasses import asdict, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -39,19 +41,23 @@ from urllib.parse import urlsplit, urlunsplit
 import openai
 
 from .errors import ModelNotFoundError, ProviderError
+from .families import FAMILIES, ServerFamily, family_from_owned_by
 from .logprobs import parse_logprobs
-from .providers.openai_wire import Call, Flow, drive_async, drive_sync
-from .types import ProviderProfile
+from .providers.openai_wire import Call, Flow, drive_async, drive_sync, neutral_sampler_params
+from .types import PROFILE_SCHEMA, Position, ProviderProfile
 
 __all__ = [
     "OPENAI_CHAT",
     "OPENAI_COMPLETIONS",
     "VLLM",
     "LLAMA_CPP_PYTHON",
+    "LLAMA_SERVER",
+    "TOP_K_ALPHA",
     "static_profile",
     "probe_profile",
     "aprobe_profile",
     "probe_flow",
+    "top_k_evidence",
     "cached_profile",
     "store_profile",
     "cache_key",
@@ -66,7 +72,8 @@ OPENAI_CHAT = ProviderProfile(
     continuation="none",
     top_k_param=False,
     n_param=True,
-    extra={"sampler_dialect": "openai", "max_tokens_param": "max_completion_tokens"},
+    family="openai",
+    max_tokens_param="max_completion_tokens",
 )
 """Hosted chat models: up to 20 top logprobs, a trailing assistant message starts a new turn."""
 
@@ -77,9 +84,11 @@ OPENAI_COMPLETIONS = ProviderProfile(
     continuation="completions",
     top_k_param=False,
     n_param=True,
-    extra={"sampler_dialect": "openai"},
+    family="openai",
+    token_id_prompts=True,
 )
-"""gpt-3.5-turbo-instruct, davinci-002, babbage-002: raw prompts, at most 5 logprobs."""
+"""gpt-3.5-turbo-instruct, davinci-002, babbage-002: raw prompts (text or token ids), at most 5
+logprobs."""
 
 VLLM = ProviderProfile(
     name="vLLM",
@@ -88,7 +97,10 @@ VLLM = ProviderProfile(
     continuation="chat_continue",
     top_k_param=True,
     n_param=True,
-    extra={"sampler_dialect": "vllm", "completions": True, "family": "vllm"},
+    family="vllm",
+    completions=True,
+    token_id_prompts=True,
+    tokenize=True,
 )
 """vLLM (and SGLang) defaults: max_logprobs 20; strings go to /v1/completions, chat messages to
 chat with continue_final_message=true, add_generation_prompt=false."""
@@ -100,17 +112,44 @@ LLAMA_CPP_PYTHON = ProviderProfile(
     continuation="completions",
     top_k_param=True,
     n_param=False,
-    extra={
-        "sampler_dialect": "llama.cpp",
-        "min_tokens_for_eos": True,
-        "family": "llama-cpp-python",
-    },
+    family="llama-cpp-python",
+    completions=True,
+    min_tokens_for_eos=True,
+    token_id_prompts=True,
 )
 """llama-cpp-python's server: no cap on k (it returned 48,776 entries for k = 49,152), n is
 silently ignored (one choice), top_k honoured, chat is rendered by the client."""
 
+LLAMA_SERVER = ProviderProfile(
+    name="llama.cpp server",
+    max_top_k=None,
+    logprob_shape="chat",
+    continuation="completions",
+    top_k_param=True,
+    n_param=True,
+    family="llama.cpp",
+    completions=True,
+    token_id_prompts=True,
+    tokenize=True,
+    apply_template=True,
+)
+"""llama.cpp's llama-server: /v1/completions answers in the chat logprob shape (``content``
+with id, token, bytes, logprob, top_logprobs), takes token-id prompts, has /tokenize,
+/detokenize and /apply-template; n up to its slot count (``-np``)."""
+
 _OPENAI_LEGACY_MODELS = re.compile(r"(instruct|davinci|babbage|curie|ada)", re.IGNORECASE)
 _PROBE_K = 64
+
+TOP_K_ALPHA = 1e-3
+"""The top_k check says "honoured" only when a server that ignored top_k=1 would have sampled
+the argmax at every checked position with probability below this (its false-alarm rate)."""
+
+_TOP_K_PROMPTS = (
+    "Here is a list of random words, one per line:\n",
+    "My favourite names for a cat are",
+    "Twenty random numbers between 1 and 1000:",
+    "Some things you might find in a kitchen drawer:",
+)
 
 
 def static_profile(base_url: str, model: str) -> ProviderProfile | None:
@@ -162,11 +201,11 @@ def cached_profile(base_url: str, model: str) -> ProviderProfile | None:
     if key in _MEMORY:
         return _MEMORY[key]
     entry = _read_disk().get(key)
-    if not isinstance(entry, dict):
-        return None
+    if not isinstance(entry, dict) or entry.get("schema") != PROFILE_SCHEMA:
+        return None  # absent, or written by another version of vas-api: probe again
     try:
-        profile = ProviderProfile(**entry)
-    except TypeError:  # written by another version of vas-api
+        profile = ProviderProfile(**{k: v for k, v in entry.items() if k != "schema"})
+    except (TypeError, ValueError):
         return None
     _MEMORY[key] = profile
     return profile
@@ -178,7 +217,7 @@ def store_profile(base_url: str, model: str, profile: ProviderProfile) -> None:
     _MEMORY[key] = profile
     path = cache_path()
     data = _read_disk()
-    data[key] = asdict(profile)
+    data[key] = {"schema": PROFILE_SCHEMA, **asdict(profile)}
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename, so a crash or a concurrent reader never sees half a file.
@@ -189,13 +228,6 @@ def store_profile(base_url: str, model: str, profile: ProviderProfile) -> None:
 
 
 # -- probing -----------------------------------------------------------------------------------
-
-_FAMILIES = {
-    "me": "llama-cpp-python",
-    "llamacpp": "llama.cpp",
-    "vllm": "vllm",
-    "sglang": "sglang",
-}
 
 _CAP_PATTERNS = [
     re.compile(r"max(?:imum)?(?: allowed)?[^0-9]{0,40}?(\d+)", re.IGNORECASE),
@@ -218,6 +250,43 @@ def _error_text(exc: openai.APIStatusError) -> str:
     return f"{exc.body!r} {exc}"
 
 
+def _root_url(base_url: str) -> str:
+    url = str(base_url).rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def top_k_evidence(drafts: Iterable[Sequence[Position]]) -> tuple[bool | None, float]:
+    """Decide from top_k=1 drafts whether the server honoured top_k.
+
+    With top_k=1 honoured, every sampled token is the argmax of the reported distribution. A
+    server that ignores top_k samples the argmax at a position only with the argmax's
+    probability, so the chance that it sampled the argmax at every checked position is the
+    product P0 of those probabilities (the positions' conditional probabilities multiply along
+    the path, and separate choices are independent). The verdict is "honoured" only when
+    P0 < `TOP_K_ALPHA`: the check's false-alarm rate (calling an ignoring server honouring) is
+    at most 1e-3, and an honouring server passes once enough high-entropy positions were seen
+    (a peaky model whose argmax has probability 0.99 needs about 690 positions; at the 0.3-0.6
+    seen on open-ended prompts, 8 to 14 positions). One sampled token below the argmax proves
+    top_k was ignored.
+
+    Args:
+        drafts: the positions of each top_k=1 draft (sampled token and reported candidates).
+
+    Returns:
+        (True: honoured, False: ignored, None: undecided, sample more), and P0.
+    """
+    log_p0 = 0.0
+    for positions in drafts:
+        for pos in positions:
+            if pos.sampled is None or not pos.candidates or math.isinf(pos.sampled.logprob):
+                continue  # nothing usable at this position: it adds no evidence
+            if pos.sampled.logprob < pos.candidates[0].logprob - 1e-4:
+                return False, math.exp(log_p0)
+            log_p0 += pos.sampled.logprob
+    p0 = math.exp(log_p0)
+    return (True if p0 < TOP_K_ALPHA else None), p0
+
+
 def probe_flow(model: str, base_url: str) -> Flow:
     """The probe as a sans-IO flow (see the module docstring); returns a ProviderProfile.
 
@@ -228,7 +297,6 @@ def probe_flow(model: str, base_url: str) -> Flow:
     static = static_profile(base_url, model)
     if static is not None:
         return static
-    family = None
     try:
         models = yield Call("models")
     except openai.APIStatusError:
@@ -240,57 +308,103 @@ def probe_flow(model: str, base_url: str) -> Flow:
             "with its own model anyway, which is why this is checked).",
             available=ids,
         )
+    fam = None
     for m in models:
         if str(getattr(m, "id", "")) == model:
-            family = _FAMILIES.get(str(getattr(m, "owned_by", "")).lower())
-
-    profile = yield from _probe_completions(model, family)
+            fam = family_from_owned_by(str(getattr(m, "owned_by", "")))
+    tools: dict[str, Any] = {}
+    if fam is None or fam.has_props:
+        tools = yield from _probe_llama_endpoints(_root_url(base_url))
+        if tools:
+            fam = FAMILIES["llama.cpp"]
+    fam = fam or FAMILIES["unknown"]
+    profile = yield from _probe_completions(model, fam, tools)
     if profile is None:
-        profile = yield from _probe_chat(model, family, base_url)
+        profile = yield from _probe_chat(model, fam, base_url)
     return profile
 
 
-def _family_extra(family: str | None) -> dict[str, Any]:
-    if family == "llama-cpp-python":
-        return dict(LLAMA_CPP_PYTHON.extra)
-    if family == "llama.cpp":
-        return {"sampler_dialect": "llama.cpp", "family": family}
-    if family in ("vllm", "sglang"):
-        return {"sampler_dialect": "vllm", "completions": True, "family": family}
-    return {"sampler_dialect": "openai", "family": family or "unknown"}
+def _http(method: str, url: str, body: dict[str, Any] | None = None) -> Flow:
+    """One plain HTTP call through the client; None when the server refused it."""
+    try:
+        reply = yield Call("http", {"method": method, "url": url, "body": body})
+    except (openai.APIStatusError, openai.APIConnectionError):
+        return None
+    return reply
 
 
-def _probe_completions(model: str, family: str | None) -> Flow:
-    extra = _family_extra(family)
-    extra_body: dict[str, Any] = {}
-    if extra["sampler_dialect"] == "llama.cpp":
-        extra_body.update(min_p=0.0, repeat_penalty=1.0, typical_p=1.0)
-    elif extra["sampler_dialect"] == "vllm":
-        extra_body.update(min_p=0.0, repetition_penalty=1.0)
-    extra_body["top_k"] = 1
+def _probe_llama_endpoints(root: str) -> Flow:
+    """llama.cpp's own endpoints: {} when /props is not llama.cpp's, else what works."""
+    props = yield from _http("get", f"{root}/props")
+    if not isinstance(props, dict) or "default_generation_settings" not in props:
+        return {}
+    found: dict[str, Any] = {"eos_ids": (), "tokenize": False, "apply_template": False}
+    eos = str(props.get("eos_token") or "")
+    tok = yield from _http("post", f"{root}/tokenize", {"content": eos, "parse_special": True})
+    tokens = tok.get("tokens") if isinstance(tok, dict) else None
+    if isinstance(tokens, list) and all(isinstance(t, int) for t in tokens):
+        detok = yield from _http("post", f"{root}/detokenize", {"tokens": tokens})
+        found["tokenize"] = isinstance(detok, dict) and detok.get("content") == eos
+        if eos and len(tokens) == 1:
+            found["eos_ids"] = (int(tokens[0]),)
+    found["eos_token"] = eos
+    tmpl = yield from _http(
+        "post", f"{root}/apply-template", {"messages": [{"role": "user", "content": "Hi"}]}
+    )
+    found["apply_template"] = isinstance(tmpl, dict) and isinstance(tmpl.get("prompt"), str)
+    found["root"] = root
+    return found
+
+
+def _tokenize(root: str, text: str) -> Flow:
+    reply = yield from _http("post", f"{root}/tokenize", {"content": text, "add_special": False})
+    tokens = reply.get("tokens") if isinstance(reply, dict) else None
+    ok = isinstance(tokens, list) and bool(tokens) and all(isinstance(t, int) for t in tokens)
+    return tokens if ok else None
+
+
+def _probe_completions(model: str, fam: ServerFamily, tools: dict[str, Any]) -> Flow:
+    probe_profile = ProviderProfile(
+        name=fam.name, max_top_k=None, logprob_shape="legacy", continuation="completions",
+        family=fam.key,
+    )
+    standard, extra_body = neutral_sampler_params(probe_profile, top_k=1)
+    prompt: str | list[int] = _TOP_K_PROMPTS[0]
+    sent_ids = False
+    if tools.get("tokenize"):
+        ids = yield from _tokenize(tools["root"], _TOP_K_PROMPTS[0])
+        if ids is not None:
+            prompt, sent_ids = ids, True
     kwargs: dict[str, Any] = {
-        "model": model, "prompt": "Once upon a time", "max_tokens": 4, "logprobs": _PROBE_K,
-        "n": 2, "temperature": 1.0, "top_p": 1.0, "extra_body": extra_body,
+        "model": model, "prompt": prompt, "max_tokens": 8, "logprobs": _PROBE_K, "n": 2,
+        **standard, "extra_body": extra_body,
     }
     cap: int | None = None
     top_k_refused = False
     response = None
-    for _ in range(3):
+    for _ in range(5):
         try:
             response = yield Call("completions", kwargs)
             break
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
             text = _error_text(exc)
+            low = text.lower()
+            if sent_ids and isinstance(kwargs["prompt"], list) and "prompt" in low:
+                kwargs["prompt"], sent_ids = _TOP_K_PROMPTS[0], False
+                continue
             if "top_k" in text and not top_k_refused:
                 top_k_refused = True
                 extra_body.pop("top_k", None)
                 continue
-            found = _cap_from_message(text) if "logprob" in text.lower() else None
+            if ("n_cmpl" in low or "'n'" in low or " n " in low) and "n" in kwargs:
+                kwargs.pop("n")
+                continue
+            found = _cap_from_message(text) if "logprob" in low else None
             if found is not None and cap is None:
                 cap = found
                 kwargs["logprobs"] = cap
                 continue
-            if "chat" in text.lower():  # "This is a chat model ... use v1/chat/completions"
+            if "chat" in low:  # "This is a chat model ... use v1/chat/completions"
                 return None
             raise
         except openai.NotFoundError:
@@ -298,45 +412,85 @@ def _probe_completions(model: str, family: str | None) -> Flow:
     if response is None:
         return None
     choices = list(getattr(response, "choices", None) or [])
-    lengths, argmax_hits, argmax_seen = [], 0, 0
-    for choice in choices:
-        lp = getattr(choice, "logprobs", None)
-        tops = list(getattr(lp, "top_logprobs", None) or []) if lp is not None else []
-        lengths += [len(t) for t in tops if t]
-        for pos in parse_logprobs(lp, text=getattr(choice, "text", None)):
-            if pos.sampled is None or not pos.candidates:
-                continue
-            argmax_seen += 1
-            argmax_hits += pos.sampled.raw == pos.candidates[0].raw
-    if not lengths:
-        shape, max_k = "none", None
+    shape, lengths, drafts = _read_choices(choices)
+    if shape == "none":
+        max_k = None
+    elif cap is not None:
+        max_k = cap
+    elif max(lengths) >= _PROBE_K - 8:  # collisions on "" can cost a few entries
+        max_k = None
     else:
-        shape = "legacy"
-        if cap is not None:
-            max_k = cap
-        elif max(lengths) >= _PROBE_K - 8:  # collisions on "" can cost a few entries
-            max_k = None
-        else:
-            max_k = min(lengths)
-    top_k_param = not top_k_refused and argmax_seen >= 3 and argmax_hits == argmax_seen
-    continuation = "chat_continue" if family in ("vllm", "sglang") else "completions"
-    names = {
-        "llama-cpp-python": LLAMA_CPP_PYTHON.name, "llama.cpp": "llama.cpp server",
-        "vllm": "vLLM", "sglang": "SGLang",
-    }
+        max_k = min(lengths)
+    top_k_ok: bool | None = False
+    if not top_k_refused and shape != "none":
+        top_k_ok = yield from _top_k_check(kwargs, drafts)
+    continuation = "chat_continue" if fam.chat_continue else "completions"
+    name = fam.name if fam.key != "unknown" else "OpenAI-compatible completions"
     return ProviderProfile(
-        name=names.get(family or "", "OpenAI-compatible completions"),
+        name=name,
         max_top_k=max_k,
         logprob_shape="chat" if continuation == "chat_continue" and shape != "none" else shape,
         continuation=continuation,
-        top_k_param=top_k_param,
+        top_k_param=bool(top_k_ok),
         n_param=len(choices) >= 2,
-        extra=extra,
+        family=fam.key,
+        completions=True,
+        min_tokens_for_eos=fam.min_tokens_for_eos,
+        special_tokens=(tools["eos_token"],) if tools.get("eos_token") else (),
+        eos_token_ids=tuple(tools.get("eos_ids", ())),
+        token_id_prompts=sent_ids or (fam.token_id_prompts and not tools),
+        tokenize=bool(tools.get("tokenize")) if tools else fam.tokenize,
+        apply_template=bool(tools.get("apply_template")) if tools else fam.apply_template,
+        neutral_sampling=fam.neutral_exact,
     )
 
 
-def _probe_chat(model: str, family: str | None, base_url: str) -> Flow:
-    extra = _family_extra(family)
+def _read_choices(choices: Sequence[Any]) -> tuple[str, list[int], list[list[Position]]]:
+    """(logprob shape, entries per position, parsed positions per choice) of a response."""
+    shape, lengths, drafts = "none", [], []
+    for choice in choices:
+        lp = getattr(choice, "logprobs", None)
+        if lp is None:
+            continue
+        content = getattr(lp, "content", None)
+        if content is None and getattr(lp, "model_extra", None):
+            content = lp.model_extra.get("content")
+        if content:
+            shape = "chat"
+            lengths += [len(_get(c, "top_logprobs") or []) for c in content]
+        else:
+            tops = list(getattr(lp, "top_logprobs", None) or [])
+            if tops:
+                shape = "legacy"
+            lengths += [len(t) for t in tops if t]
+        drafts.append(parse_logprobs(lp, text=getattr(choice, "text", None)))
+    if not lengths:
+        shape = "none"
+    return shape, lengths, drafts
+
+
+def _get(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _top_k_check(kwargs: dict[str, Any], drafts: list[list[Position]]) -> Flow:
+    """`top_k_evidence` over the first call's drafts, then up to 3 more top_k=1 calls on other
+    high-entropy prompts (sent as text) while it is undecided; undecided at the end is False."""
+    verdict, _ = top_k_evidence(drafts)
+    for prompt in _TOP_K_PROMPTS[1:]:
+        if verdict is not None:
+            break
+        more = {**kwargs, "prompt": prompt, "max_tokens": 16}
+        try:
+            response = yield Call("completions", more)
+        except (openai.BadRequestError, openai.UnprocessableEntityError):
+            break
+        drafts = drafts + _read_choices(list(getattr(response, "choices", None) or []))[2]
+        verdict, _ = top_k_evidence(drafts)
+    return bool(verdict)
+
+
+def _probe_chat(model: str, fam: ServerFamily, base_url: str) -> Flow:
     kwargs: dict[str, Any] = {
         "model": model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 2,
         "logprobs": True, "top_logprobs": 20, "n": 2,
@@ -369,17 +523,23 @@ def _probe_chat(model: str, family: str | None, base_url: str) -> Flow:
         content += list(getattr(lp, "content", None) or []) if lp is not None else []
     lengths = [len(getattr(c, "top_logprobs", None) or []) for c in content]
     shape = "chat" if "logprobs" in kwargs and lengths else "none"
-    continuation = "chat_continue" if family in ("vllm", "sglang") else "none"
+    continuation = "chat_continue" if fam.chat_continue else "none"
     if "deepseek" in base_url:
         continuation = "prefix"
     return ProviderProfile(
-        name=f"{family or 'OpenAI-compatible'} chat",
+        name=f"{fam.name if fam.key != 'unknown' else 'OpenAI-compatible'} chat",
         max_top_k=kwargs.get("top_logprobs") if shape == "chat" else None,
         logprob_shape=shape,
         continuation=continuation,
-        top_k_param=family in ("vllm", "sglang", "llama.cpp", "llama-cpp-python"),
+        top_k_param=fam.top_k_param,
         n_param=len(choices) >= 2,
-        extra=extra,
+        family=fam.key,
+        completions=False,
+        min_tokens_for_eos=fam.min_tokens_for_eos,
+        token_id_prompts=False,
+        tokenize=fam.tokenize,
+        apply_template=fam.apply_template,
+        neutral_sampling=fam.neutral_exact,
     )
 
 
@@ -431,8 +591,3 @@ async def aprobe_profile(
     if cache:
         store_profile(base_url, model, profile)
     return profile
-
-
-def with_extra(profile: ProviderProfile, **extra: Any) -> ProviderProfile:
-    """A copy of `profile` with `extra` entries added (e.g. special_tokens)."""
-    return replace(profile, extra={**profile.extra, **extra})

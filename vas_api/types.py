@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Prefix",
     "Prompt",
     "ProviderProfile",
+    "PROFILE_SCHEMA",
     "Continuation",
     "Provider",
     "AsyncProvider",
@@ -168,6 +169,10 @@ class Prefix:
     response_ids: tuple[int, ...] | None = None
 
 
+PROFILE_SCHEMA = 2
+"""Version of `ProviderProfile`'s fields; a cached profile of another version is re-probed."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderProfile:
     """What an endpoint can do; probed once per (base URL, model) and cached.
@@ -175,13 +180,33 @@ class ProviderProfile:
     Attributes:
         name: a short human name ("llama.cpp server", "vLLM", "OpenAI chat", ...).
         max_top_k: the largest k the endpoint returns; None when no cap was found.
-        logprob_shape: "legacy" (completions), "chat" (content list with bytes) or "none".
+        logprob_shape: "legacy" (``tokens``/``top_logprobs`` dicts), "chat" (a ``content``
+            list with bytes; llama.cpp's server answers /v1/completions in this shape too) or
+            "none". The parser tells the shapes apart by their fields either way.
         continuation: how a partial response is continued (see `Continuation`).
-        top_k_param: the server accepts a top_k sampling parameter, so drafts can be limited
-            to the top k candidates (every drafted token is then a candidate).
+        top_k_param: the server honours a top_k sampling parameter (checked with a test that
+            has power, see `vas_api.profiles.top_k_evidence`), so drafts can be limited to the
+            top k candidates (every drafted token is then a candidate).
         n_param: one call can return n > 1 completions.
         price_prompt: USD per million prompt tokens (0 for a local server).
         price_completion: USD per million completion tokens.
+        family: the server family's key in `vas_api.families.FAMILIES` ("llama.cpp",
+            "llama-cpp-python", "vllm", "sglang", "tgi", "ollama", "lmstudio", "openai",
+            "unknown"); it decides the neutral sampler parameters sent with every request.
+        completions: string prompts may use /v1/completions even when chat messages go to chat.
+        max_tokens_param: the request field for the token limit ("max_completion_tokens" for
+            OpenAI chat).
+        min_tokens_for_eos: candidates calls send min_tokens=1 (llama-cpp-python drops the
+            position of a sampled end-of-sequence otherwise).
+        special_tokens: control-token strings of the model (end-of-turn etc.).
+        eos_token_ids: token ids that end the response, where the server says (llama.cpp's
+            /props, the GGUF metadata); with reported ids they tell EOS from byte fragments.
+        exact_logprobs: the server is vas-api's exact llama-cpp-python reporter.
+        token_id_prompts: /v1/completions takes ``prompt`` as a list of token ids.
+        tokenize: the server has /tokenize and /detokenize.
+        apply_template: the server has /apply-template (chat messages -> prompt text).
+        neutral_sampling: every server-side sampler can be switched off, so drafts follow the
+            reported logprobs (False for Ollama's /v1, which ignores its sampler options).
     """
 
     name: str
@@ -192,7 +217,38 @@ class ProviderProfile:
     n_param: bool = False
     price_prompt: float = 0.0
     price_completion: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    family: str = "unknown"
+    completions: bool = False
+    max_tokens_param: str = "max_tokens"
+    min_tokens_for_eos: bool = False
+    special_tokens: tuple[str, ...] = ()
+    eos_token_ids: tuple[int, ...] = ()
+    exact_logprobs: bool = False
+    token_id_prompts: bool = False
+    tokenize: bool = False
+    apply_template: bool = False
+    neutral_sampling: bool = True
+
+    def __post_init__(self) -> None:
+        # JSON round trips give lists; keep the profile hashable and comparable.
+        object.__setattr__(self, "special_tokens", tuple(str(t) for t in self.special_tokens))
+        object.__setattr__(self, "eos_token_ids", tuple(int(t) for t in self.eos_token_ids))
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Deprecated read-only view of the typed fields under their old ``extra`` key names
+        (``sampler_dialect``, ``completions``, ``max_tokens_param``, ``min_tokens_for_eos``,
+        ``family``, ``special_tokens``, ``exact_logprobs``); read the fields instead."""
+        from .families import family as _family
+
+        dialect = {"llama.cpp": "llama.cpp", "llama-cpp-python": "llama.cpp",
+                   "vllm": "vllm", "sglang": "vllm"}.get(_family(self.family).key, "openai")
+        return {
+            "sampler_dialect": dialect, "completions": self.completions,
+            "max_tokens_param": self.max_tokens_param,
+            "min_tokens_for_eos": self.min_tokens_for_eos, "family": self.family,
+            "special_tokens": list(self.special_tokens), "exact_logprobs": self.exact_logprobs,
+        }
 
     def modes(self) -> list[str]:
         """The VAS modes this endpoint can run, best first."""

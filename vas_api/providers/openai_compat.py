@@ -47,7 +47,7 @@ class _Core:
             load_chat_template(chat_template) if chat_template is not None else None
         )
         specials = set(DEFAULT_SPECIAL_TOKENS)
-        specials.update(str(t) for t in profile.extra.get("special_tokens", ()))
+        specials.update(profile.special_tokens)
         if self.chat_template is not None:
             specials.update(self.chat_template.end_tokens)
         self.special_tokens = frozenset(specials)

@@ -28,6 +28,7 @@ from ..errors import (
     ProviderConnectionError,
     ProviderError,
 )
+from ..families import family
 from ..logprobs import parse_logprobs
 from ..types import Candidate, Completion, Draft, Position, Prefix, ProviderProfile, Samples, Usage
 
@@ -50,7 +51,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CallKind = Literal["completions", "chat", "models"]
+CallKind = Literal["completions", "chat", "models", "http"]
 
 EOS_RETRIES = 2
 """Extra candidates calls when the server sampled an end-of-sequence token and, like
@@ -59,8 +60,10 @@ llama-cpp-python without min_tokens, did not report that position."""
 
 @dataclass(frozen=True)
 class Call:
-    """One SDK call: ``client.completions.create(**kwargs)``, ``client.chat.completions.create``
-    or ``client.models.list()`` (kwargs empty)."""
+    """One SDK call: ``client.completions.create(**kwargs)``, ``client.chat.completions.create``,
+    ``client.models.list()`` (kwargs empty), or "http": a plain JSON request through the client
+    (kwargs ``method`` "get"/"post", absolute ``url``, ``body``) for a server's own endpoints
+    (llama.cpp's /props, /tokenize); its reply is the decoded JSON."""
 
     kind: CallKind
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -82,41 +85,15 @@ class Target:
 
 # -- sampler settings ----------------------------------------------------------------------
 
-# Server-side samplers that are not OpenAI parameters, set to the value that turns each off.
-# llama-cpp-python defaults: top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1.1, temp 0.8.
-# In llama.cpp top_k <= 0 disables the top-k sampler (llama_sampler_top_k: "if k <= 0 return"),
-# min_p 0 and typical_p 1 are no-ops, the penalties sampler returns early when repeat 1,
-# frequency 0 and presence 0; mirostat 0 keeps the plain dist sampler. llama-server (C++) names
-# some of them differently (mirostat, repeat_last_n, xtc_*, dry_*), so those are sent too:
-# llama-cpp-python ignores fields it does not know.
-_NEUTRAL_EXTRA: dict[str, dict[str, Any]] = {
-    "llama.cpp": {
-        "top_k": 0,
-        "min_p": 0.0,
-        "typical_p": 1.0,
-        "repeat_penalty": 1.0,
-        "mirostat_mode": 0,
-        "mirostat": 0,
-        "tfs_z": 1.0,
-        "xtc_probability": 0.0,
-        "dry_multiplier": 0.0,
-        "top_n_sigma": -1.0,
-        "dynatemp_range": 0.0,
-    },
-    # vLLM / SGLang: top_k -1 (or 0 in newer versions) disables it; -1 is accepted by both.
-    "vllm": {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0},
-    "openai": {},
-}
-
-
 def neutral_sampler_params(
     profile: ProviderProfile, *, temperature: float = 1.0, top_k: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Request parameters that sample from the model's own distribution (scaled by temperature).
 
     Args:
-        profile: the endpoint; ``profile.extra["sampler_dialect"]`` picks the extra parameters
-            ("llama.cpp", "vllm" or "openai"; unknown servers get only the OpenAI ones).
+        profile: the endpoint; its ``family`` picks the neutral values of that server's whole
+            sampler chain from `vas_api.families.FAMILIES` (unknown servers get only the
+            OpenAI parameters).
         temperature: sampling temperature (1.0 = the base distribution).
         top_k: restrict sampling to the top k tokens (only where ``profile.top_k_param``).
 
@@ -129,10 +106,12 @@ def neutral_sampler_params(
         "presence_penalty": 0.0,
         "frequency_penalty": 0.0,
     }
-    dialect = str(profile.extra.get("sampler_dialect", "openai"))
-    extra = dict(_NEUTRAL_EXTRA.get(dialect, {}))
+    fam = family(profile.family)
+    extra = {k: list(v) if isinstance(v, list) else v for k, v in fam.neutral.items()}
     if top_k is not None:
         extra["top_k"] = top_k
+        if "samplers" in extra:  # llama.cpp: a sampler left out of the chain is not applied
+            extra["samplers"] = ["top_k", *extra["samplers"]]
     return standard, extra
 
 
@@ -201,7 +180,7 @@ def prefix_target(
     """
     check_prompt(prefix.prompt)
     prompt, response, cont = prefix.prompt, prefix.response, profile.continuation
-    has_completions = cont == "completions" or bool(profile.extra.get("completions"))
+    has_completions = cont == "completions" or profile.completions
     if isinstance(prompt, str) and has_completions:
         return Target("completions", prompt=prompt + response)
     if cont == "completions":
@@ -259,7 +238,7 @@ def _call(
             kwargs["logprobs"] = logprobs_k
     else:
         kwargs["messages"] = [dict(m) for m in target.messages]
-        kwargs[str(profile.extra.get("max_tokens_param", "max_tokens"))] = max_tokens
+        kwargs[profile.max_tokens_param] = max_tokens
         if logprobs_k is not None:
             kwargs.update(logprobs=True, top_logprobs=logprobs_k)
     if extra_body:
@@ -301,7 +280,12 @@ def _choice_text(choice: Any) -> str:
 
 
 def draft_from_response(
-    response: Any, *, k: int, m: int, special_tokens: Iterable[str]
+    response: Any,
+    *,
+    k: int,
+    m: int,
+    special_tokens: Iterable[str],
+    eos_token_ids: Iterable[int] = (),
 ) -> Draft:
     """Parse one logprob response into a Draft of at most m positions with top-k candidates.
 
@@ -321,7 +305,7 @@ def draft_from_response(
         )
     positions = parse_logprobs(
         logprobs, k=k, text=_choice_text(choice), finish_reason=finish,
-        special_tokens=special_tokens,
+        special_tokens=special_tokens, eos_token_ids=eos_token_ids,
     )
     # llama-cpp-python keeps generating past max_tokens until a multi-byte character is whole;
     # the extra positions are cut so a draft never holds more than m.
@@ -345,7 +329,7 @@ def candidates_flow(
 
     llama-cpp-python drops the position when it samples an end-of-sequence token, which would
     lose the whole top-k list exactly where the response should end. Where the profile says so
-    (``extra["min_tokens_for_eos"]``) the call sends ``min_tokens=1``: that masks EOS in the
+    (``profile.min_tokens_for_eos``) the call sends ``min_tokens=1``: that masks EOS in the
     *sampler* only, while the reported logprobs come from the raw logits, so EOS still appears
     among the candidates with its real logprob (verified against the server). Elsewhere, or for
     another end-of-generation token, the call is asked again with a new seed; when every try
@@ -353,14 +337,16 @@ def candidates_flow(
     """
     specials = list(special_tokens)
     extra: dict[str, Any] = {}
-    if profile.extra.get("min_tokens_for_eos"):
+    if profile.min_tokens_for_eos:
         extra["min_tokens"] = 1
     usage = Usage()
     for attempt in range(EOS_RETRIES + 1):
         seed = None if attempt == 0 else 1_000_003 * attempt
         call = _call(profile, model, target, max_tokens=1, logprobs_k=k, seed=seed, extra=extra)
         response = yield call
-        draft = draft_from_response(response, k=k, m=1, special_tokens=specials)
+        draft = draft_from_response(
+            response, k=k, m=1, special_tokens=specials, eos_token_ids=profile.eos_token_ids
+        )
         usage = usage + draft.usage
         if draft.positions:
             return Draft(draft.positions[:1], draft.finish_reason, usage)
@@ -401,7 +387,10 @@ def draft_flow(
         profile, model, target, max_tokens=m, logprobs_k=k, top_k=k if restrict_top_k else None
     )
     response = yield call
-    return draft_from_response(response, k=k, m=m, special_tokens=list(special_tokens))
+    return draft_from_response(
+        response, k=k, m=m, special_tokens=list(special_tokens),
+        eos_token_ids=profile.eos_token_ids,
+    )
 
 
 def sample_flow(
@@ -499,6 +488,11 @@ def _base_url(client: Any) -> str:
 
 
 def _execute_sync(client: openai.OpenAI, call: Call) -> Any:
+    if call.kind == "http":
+        kw = call.kwargs
+        if kw["method"] == "get":
+            return client.get(kw["url"], cast_to=object)
+        return client.post(kw["url"], body=kw.get("body"), cast_to=object)
     if call.kind == "completions":
         return client.completions.create(**call.kwargs)
     if call.kind == "chat":
@@ -507,6 +501,11 @@ def _execute_sync(client: openai.OpenAI, call: Call) -> Any:
 
 
 async def _execute_async(client: openai.AsyncOpenAI, call: Call) -> Any:
+    if call.kind == "http":
+        kw = call.kwargs
+        if kw["method"] == "get":
+            return await client.get(kw["url"], cast_to=object)
+        return await client.post(kw["url"], body=kw.get("body"), cast_to=object)
     if call.kind == "completions":
         return await client.completions.create(**call.kwargs)
     if call.kind == "chat":
