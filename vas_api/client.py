@@ -17,7 +17,6 @@ sampler objects (vas_api.sampler).
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Sequence
@@ -32,11 +31,10 @@ from .sampler import (
     SpeculativeSampler,
     Timings,
     TokenSampler,
-    arun,
     resolve_mode,
-    run,
 )
 from .sampler.core import _SamplerBase
+from .sampler.run import arun_all, run_all
 from .types import Prefix, Prompt, ValueFunction
 
 __all__ = ["wrap", "VASClient", "AsyncVASClient", "NOT_GIVEN"]
@@ -206,6 +204,7 @@ class _Base:
                 report.accepted += s.accepted
                 report.resampled += s.resampled
         report.api_calls = timings.api_calls
+        report.retries, report.short_positions = timings.retries, timings.short_positions
         report.cost_usd = provider.profile.cost(report.usage)
         report.time_api_s, report.time_value_s, report.time_total_s = timings.api_s, timings.value_s, timings.total_s
         return _response(kind, model, samplers, report)
@@ -218,8 +217,7 @@ class VASClient(_Base):
         provider, value_fns, samplers, report = self._plan(model, prompt, sdk, vas)
         timings = Timings()
         start = time.perf_counter()
-        for s in samplers:
-            run(s, provider, value_fns, timings)
+        run_all(samplers, provider, value_fns, timings)
         timings.total_s = time.perf_counter() - start
         return self._finish(kind, model, samplers, report, timings, provider)
 
@@ -232,10 +230,11 @@ class AsyncVASClient(_Base):
         provider, value_fns, samplers, report = self._plan(model, prompt, sdk, vas)
         per = [Timings() for _ in samplers]
         start = time.perf_counter()
-        await asyncio.gather(*(arun(s, provider, value_fns, t) for s, t in zip(samplers, per, strict=True)))
+        await arun_all(samplers, provider, value_fns, per)
         timings = Timings(
             api_s=sum(t.api_s for t in per), value_s=sum(t.value_s for t in per),
             total_s=time.perf_counter() - start, api_calls=sum(t.api_calls for t in per),
+            retries=sum(t.retries for t in per), short_positions=sum(t.short_positions for t in per),
         )
         return self._finish(kind, model, samplers, report, timings, provider)
 

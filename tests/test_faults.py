@@ -1,0 +1,281 @@
+"""Faults: the retry arithmetic (pure), the SDK's exception types, and a fault matrix through a
+loopback proxy (tests/fault_proxy.py) between the real openai SDK and the real local server.
+
+Matrix: every fault x token / speculative mode x sync / async client, twice: the fault once
+(recovered: the same kind of output, the retry in the report, the billed tokens equal to the
+upstream's raw usage) and the fault on every attempt after one good call (failed with the
+SDK's own exception type, the committed tokens in ``partial``). pytest-timeout guards hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+
+import vas_api
+from vas_api.errors import MalformedResponseError, NoLogprobsError, ProviderError, sdk_error
+from vas_api.providers import openai_wire as wire
+from vas_api.redact import redact_url
+from vas_api.retry import (
+    RetryPolicy,
+    backoff_delay,
+    retry_after_seconds,
+    retry_reason,
+    use_retry_policy,
+)
+
+from .fault_proxy import FaultProxy
+
+# -- pure: backoff, Retry-After, what is retried --------------------------------------------------
+
+
+def test_backoff_doubles_from_half_a_second_to_eight_with_jitter_below():
+    p = RetryPolicy()
+    assert [backoff_delay(a, p, u=0.0) for a in range(6)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    for a in range(6):
+        top = backoff_delay(a, p, u=0.0)
+        low = backoff_delay(a, p, u=0.999999)
+        assert top * 0.75 <= low < top  # at most 25% shorter, never longer
+
+
+def test_retry_after_is_honoured_and_a_long_one_is_not_waited_for():
+    p = RetryPolicy()
+    assert backoff_delay(0, p, retry_after=3.0) == 3.0
+    assert backoff_delay(3, p, retry_after=0.2, u=0.5) == 0.2
+    assert backoff_delay(0, p, retry_after=61.0) is None
+    assert backoff_delay(1, p, retry_after=0.0, u=0.0) == 1.0  # 0: fall back to the backoff
+
+
+def test_retry_after_headers():
+    assert retry_after_seconds({"Retry-After": "2"}) == 2.0
+    assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:10 GMT"}, now=1445412480.0) == 10.0
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({}) is None and retry_after_seconds(None) is None
+
+
+def _status_error(status: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:
+    request = httpx.Request("POST", "http://127.0.0.1:1/v1/completions")
+    response = httpx.Response(status, headers=headers or {}, json={"error": {"message": "x"}}, request=request)
+    client = openai.OpenAI(api_key="sk-test", base_url="http://127.0.0.1:1/v1")
+    return client._make_status_error_from_response(response)
+
+
+@pytest.mark.parametrize("status,reason", [(429, "429"), (500, "500"), (502, "502"), (503, "503"),
+                                           (408, "408"), (400, None), (401, None), (404, None)])
+def test_which_statuses_are_retried(status, reason):
+    assert retry_reason(_status_error(status)) == reason
+
+
+def test_connection_and_malformed_bodies_are_retried():
+    request = httpx.Request("POST", "http://x/v1")
+    assert retry_reason(openai.APITimeoutError(request=request)) == "timeout"
+    assert retry_reason(openai.APIConnectionError(request=request)) == "connection"
+    assert retry_reason(json.JSONDecodeError("x", "{", 1)) == "malformed body"
+    assert retry_reason(ProviderError("ours")) is None
+    assert retry_reason(_status_error(503, {"x-should-retry": "false"})) is None
+
+
+# -- the SDK's exceptions stay catchable ---------------------------------------------------------
+
+
+def test_a_rate_limit_is_still_an_openai_rate_limit_error_with_its_data():
+    exc = _status_error(429, {"Retry-After": "7", "x-request-id": "req-1"})
+    err = wire.translate_error(exc, base_url="http://u:sk-SECRET@host/v1?api-key=sk-SECRET", model="m")
+    assert isinstance(err, openai.RateLimitError) and isinstance(err, ProviderError)
+    assert isinstance(err, vas_api.VASError)
+    assert err.status_code == 429 and err.response is exc.response and err.body == exc.body
+    assert err.request_id == "req-1" and err.response.headers["retry-after"] == "7"
+    assert "sk-SECRET" not in str(err) and "sk-SECRET" not in repr(err)
+    assert "429" in str(err) and "retry" in str(err).lower()
+    # the same mixed class every time (so it can be caught by identity too)
+    assert type(wire.translate_error(exc, base_url="x", model="m")) is type(err)
+
+
+@pytest.mark.parametrize("status,cls", [(500, openai.InternalServerError), (400, openai.BadRequestError),
+                                        (401, openai.AuthenticationError), (404, openai.NotFoundError)])
+def test_every_status_keeps_its_sdk_class(status, cls):
+    err = wire.translate_error(_status_error(status), base_url="http://h/v1", model="m", available=["a"])
+    assert isinstance(err, cls) and isinstance(err, ProviderError) and err.status_code == status
+
+
+def test_a_malformed_body_is_a_vas_error_and_still_the_json_error_the_sdk_raises():
+    exc = json.JSONDecodeError("Expecting ','", '{"a": 1', 7)
+    err = wire.translate_error(exc, base_url="http://h/v1", model="m", attempts=3)
+    assert isinstance(err, MalformedResponseError) and isinstance(err, json.JSONDecodeError)
+    assert err.pos == 7 and "3 attempts" in str(err)
+
+
+def test_sdk_error_wraps_any_sdk_exception():
+    import anthropic
+
+    request = httpx.Request("POST", "http://h/v1/messages")
+    exc = anthropic.APIConnectionError(request=request)
+    err = sdk_error(exc, "could not reach it", partial="p")
+    assert isinstance(err, anthropic.APIConnectionError) and isinstance(err, ProviderError)
+    assert err.request is request and err.partial == "p" and str(err) == "could not reach it"
+
+
+def test_redact_url_masks_userinfo_and_query_values():
+    url = "http://user:sk-KEY1@host:8000/v1?api-key=sk-KEY2&x=1#frag"
+    out = redact_url(url)
+    assert "sk-KEY1" not in out and "sk-KEY2" not in out and "user" not in out
+    assert out.startswith("http://***@host:8000/v1?api-key=***&x=***")
+    assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+
+
+def test_connection_error_message_redacts_the_base_url():
+    request = httpx.Request("POST", "http://h/v1")
+    err = wire.translate_error(openai.APIConnectionError(request=request),
+                               base_url="http://me:sk-KEY@h/v1?key=sk-KEY", model="m")
+    assert isinstance(err, openai.APIConnectionError) and "sk-KEY" not in str(err)
+
+
+# -- the matrix: a proxy between the real SDK and the real server -----------------------------------
+
+FAULTS = ("429", "429-retry", "500", "502", "503", "reset", "stall", "truncated", "no-logprobs", "few")
+MODES = ("token", "speculative")
+TIMEOUT_S = 2.0  # the client's timeout; a stall lasts longer
+POLICY = RetryPolicy(max_retries=1, initial_delay=0.01, max_delay=0.05)  # 2 attempts, short waits
+PROMPT = "Once upon a time, in a small village by the sea,"
+
+# What a call that fails on every attempt raises: the SDK's own type (mixed with a VAS one).
+EXPECTED = {
+    "429": openai.RateLimitError, "429-retry": openai.RateLimitError,
+    "500": openai.InternalServerError, "502": openai.InternalServerError,
+    "503": openai.InternalServerError, "reset": openai.APIConnectionError,
+    "stall": openai.APITimeoutError, "truncated": json.JSONDecodeError,
+    "no-logprobs": NoLogprobsError,
+}
+
+
+@pytest.fixture(scope="module")
+def proxy(local_server):
+    with FaultProxy(local_server.base_url, stall_s=TIMEOUT_S + 2.0) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def sync_vas(local_server, proxy):
+    client = use_retry_policy(
+        openai.OpenAI(base_url=proxy.base_url, api_key="sk-test", timeout=TIMEOUT_S, max_retries=1), POLICY)
+    yield vas_api.wrap(client, profile=local_server.profile, chat_template=str(local_server.gguf_path))
+    client.close()
+
+
+def _async_vas(local_server, proxy):
+    client = use_retry_policy(
+        openai.AsyncOpenAI(base_url=proxy.base_url, api_key="sk-test", timeout=TIMEOUT_S, max_retries=1), POLICY)
+    return client, vas_api.wrap(client, profile=local_server.profile, chat_template=str(local_server.gguf_path))
+
+
+def _generate(local_server, proxy, sync_vas, is_async: bool, mode: str, max_tokens: int):
+    kw = dict(model=local_server.model, prompt=PROMPT, max_tokens=max_tokens, mode=mode, k=5, beta=0.0,
+              seed=3, draft_min=1, draft_max=2)
+    if not is_async:
+        return sync_vas.completions.create(**kw)
+
+    async def main():
+        client, vas = _async_vas(local_server, proxy)
+        try:
+            return await vas.completions.create(**kw)
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+def _readable_usage(records) -> tuple[int, int]:
+    """Billed tokens the client could read: every upstream answer but the truncated ones."""
+    ok = [r for r in records if r.usage is not None and r.fault != "truncated"]
+    return sum(r.usage["prompt_tokens"] for r in ok), sum(r.usage["completion_tokens"] for r in ok)
+
+
+def _check_text(text: str, steps) -> None:
+    # never corrupted: the text is exactly the committed tokens, whole characters only
+    assert text == "".join(s.text for s in steps if not s.special)
+    assert "\ufffd" not in text
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fault", FAULTS)
+def test_one_fault_is_recovered(local_server, proxy, sync_vas, fault, mode, is_async):
+    start = len(proxy.records)
+    proxy.schedule(fault)
+    resp = _generate(local_server, proxy, sync_vas, is_async, mode, max_tokens=4)
+    assert proxy.pending() == 0
+    report = resp.vas
+    assert report.mode == mode and 1 <= report.tokens <= 4
+    assert resp.choices[0].finish_reason in ("stop", "length")
+    _check_text(resp.choices[0].text, report.traces[0])
+    if fault == "few":
+        assert report.short_positions >= 1 and report.retries == 0
+    else:
+        assert report.retries >= 1
+    records = proxy.records[start:]
+    prompt, completion = _readable_usage(records)
+    assert (report.usage.prompt_tokens, report.usage.completion_tokens) == (prompt, completion)
+    assert report.usage.calls == sum(1 for r in records if r.status == 200)  # every billed attempt
+    assert resp.usage.prompt_tokens == report.usage.prompt_tokens
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f != "few"])
+def test_a_fault_on_every_attempt_fails_with_the_sdk_type_and_the_partial_output(
+    local_server, proxy, sync_vas, fault, mode, is_async
+):
+    start = len(proxy.records)
+    proxy.schedule("ok", fault, fault)  # one good call, then both attempts of the next fail
+    with pytest.raises(EXPECTED[fault]) as info:
+        _generate(local_server, proxy, sync_vas, is_async, mode, max_tokens=12)
+    err = info.value
+    assert isinstance(err, ProviderError) and proxy.pending() == 0
+    if fault == "no-logprobs":
+        assert "does not support" not in str(err) and "rerank" in str(err)
+    assert err.attempts == 2
+    partial = err.partial
+    assert partial is not None and len(partial.steps[0]) >= 1 and not partial.finished[0]
+    _check_text(partial.text, partial.steps[0])
+    assert partial.report.tokens == len(partial.steps[0])
+    prompt, completion = _readable_usage(proxy.records[start:])
+    assert (partial.usage.prompt_tokens, partial.usage.completion_tokens) == (prompt, completion)
+    assert partial.usage.calls == sum(1 for r in proxy.records[start:] if r.status == 200)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_failing_choice_cancels_its_siblings(local_server, proxy):
+    """Async n=3: when one choice fails for good, its siblings are already cancelled."""
+
+    async def main():
+        client, vas = _async_vas(local_server, proxy)
+        try:
+            proxy.schedule("ok", "ok", "ok", *["500"] * 8)
+            try:
+                await vas.completions.create(
+                    model=local_server.model, prompt=PROMPT, max_tokens=40, n=3, mode="token", k=5, beta=0.0)
+            except openai.InternalServerError as exc:
+                others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                return exc, others
+            raise AssertionError("the request should have failed")
+        finally:
+            await client.close()
+
+    start = len(proxy.records)
+    err, others = asyncio.run(main())
+    calls = len(proxy.records) - start
+    proxy.clear()
+    assert others == []  # no sibling left running, so no call after the error
+    assert calls <= 3 + 2 * 3  # at most the good calls and two attempts per choice
+    assert len(err.partial.texts) == 3 and not any(err.partial.finished)
+    assert err.partial.usage.calls == 3
