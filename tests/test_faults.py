@@ -279,3 +279,98 @@ def test_a_failing_choice_cancels_its_siblings(local_server, proxy):
     assert calls <= 3 + 2 * 3  # at most the good calls and two attempts per choice
     assert len(err.partial.texts) == 3 and not any(err.partial.finished)
     assert err.partial.usage.calls == 3
+
+
+# -- vas collect goes past a prompt the provider refuses ---------------------------------------------
+
+
+def _refusing_fake(bad: str):
+    """A FakeProvider that answers 400 (as llama.cpp does for a prompt past the context) for
+    prompts containing `bad`."""
+    from vas_api.providers.fake import EOS, FakeProvider, table_model
+    from vas_api.types import ProviderProfile
+
+    profile = ProviderProfile(name="fake", max_top_k=None, logprob_shape="legacy", continuation="completions")
+
+    class Refusing(FakeProvider):
+        def sample(self, prefix, **kw):
+            if bad in self.prompt_text(prefix.prompt):
+                raise wire.translate_error(_status_error(400), base_url="http://h/v1", model="m")
+            return super().sample(prefix, **kw)
+
+    return Refusing(table_model({" good": 1, " ok": 1, EOS: 0.5}), profile=profile)
+
+
+def test_collect_records_a_refused_prompt_with_its_line_and_goes_on(tmp_path):
+    from estimators.collect import as_prompt, collect, failed_path, numbered_prompts
+    from estimators.data import read_samples
+
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("Say hi.\n\nTOO LONG prompt\nSay bye.\n")
+    lines, numbers = numbered_prompts(prompts_file)
+    assert numbers == [1, 3, 4]
+    out = tmp_path / "s.jsonl"
+    provider = _refusing_fake("TOO LONG")
+    summary = collect(provider, [as_prompt(x) for x in lines], out, n=2, max_tokens=3,
+                      progress=False, line_numbers=numbers)
+    assert [f.line for f in summary.failed] == [3] and summary.failed[0].status == 400
+    assert summary.written == 4  # both other prompts, the one after the refused one too
+    assert "lines 3" in summary.line()
+    assert failed_path(out).exists()
+    # a re-run does not ask for it again (and has nothing else to do)
+    calls = len(provider.history)
+    again = collect(provider, [as_prompt(x) for x in lines], out, n=2, max_tokens=3,
+                    progress=False, line_numbers=numbers)
+    assert again.written == 0 and again.failed == [] and [f.line for f in again.skipped_failed] == [3]
+    assert len(provider.history) == calls
+    # unless asked to
+    retried = collect(provider, [as_prompt(x) for x in lines], out, n=2, max_tokens=3,
+                      progress=False, line_numbers=numbers, retry_failed=True)
+    assert [f.line for f in retried.failed] == [3]
+    assert len(read_samples(out).samples) == 4
+
+
+def test_collect_stops_on_a_server_error_and_keeps_what_was_written(tmp_path):
+    from estimators.collect import as_prompt, collect
+    from estimators.data import read_samples
+    from vas_api.providers.fake import EOS, FakeProvider, table_model
+    from vas_api.types import ProviderProfile
+
+    profile = ProviderProfile(name="fake", max_top_k=None, logprob_shape="legacy", continuation="completions")
+
+    class Down(FakeProvider):
+        def sample(self, prefix, **kw):
+            if "second" in self.prompt_text(prefix.prompt):
+                raise wire.translate_error(_status_error(503), base_url="http://h/v1", model="m")
+            return super().sample(prefix, **kw)
+
+    out = tmp_path / "s.jsonl"
+    with pytest.raises(openai.InternalServerError):
+        collect(Down(table_model({" a": 1, EOS: 1}), profile=profile),
+                [as_prompt("first"), as_prompt("second")], out, n=2, max_tokens=3, progress=False)
+    assert len(read_samples(out).samples) == 2
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_vas_collect_goes_past_a_prompt_longer_than_the_context(local_server, tmp_path):
+    from typer.testing import CliRunner
+
+    from estimators.data import read_samples
+    import vas_api.commands.estimators  # noqa: F401 - registers `vas collect`
+    from vas_api.cli import app
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Say hello.\n" + "word " * 3000 + "\nSay goodbye.\n")
+    out = tmp_path / "s.jsonl"
+    args = ["collect", str(prompts), "--out", str(out), "--n", "1", "--max-tokens", "4",
+            "--base-url", local_server.base_url, "--model", local_server.model,
+            "--chat-template", str(local_server.gguf_path)]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert ":2: refused by the provider" in first.output and "context" in first.output
+    rows = read_samples(out).samples
+    assert sorted(r.prompt[0]["content"] for r in rows) == ["Say goodbye.", "Say hello."]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "skipped that failed before (lines 2" in again.output
+    assert "refused by the provider" not in again.output

@@ -516,13 +516,14 @@ _CALL_ERRORS = (openai.OpenAIError, *_MALFORMED)
 
 
 def _status_message(exc: openai.APIStatusError) -> str:
+    """The server's own words, without a trailing full stop (the caller adds its own)."""
     body = exc.body
     if isinstance(body, dict):
         detail = body.get("message") or body.get("detail") or body.get("error") or body
         if isinstance(detail, dict):
             detail = detail.get("message", detail)
-        return str(detail)
-    return str(exc)
+        return str(detail).rstrip(". ")
+    return str(exc).rstrip(". ")
 
 
 def translate_error(
