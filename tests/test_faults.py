@@ -356,8 +356,8 @@ def test_collect_stops_on_a_server_error_and_keeps_what_was_written(tmp_path):
 def test_vas_collect_goes_past_a_prompt_longer_than_the_context(local_server, tmp_path):
     from typer.testing import CliRunner
 
-    from estimators.data import read_samples
     import vas_api.commands.estimators  # noqa: F401 - registers `vas collect`
+    from estimators.data import read_samples
     from vas_api.cli import app
 
     prompts = tmp_path / "prompts.txt"
