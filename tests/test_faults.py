@@ -374,3 +374,16 @@ def test_vas_collect_goes_past_a_prompt_longer_than_the_context(local_server, tm
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "skipped that failed before (lines 2" in again.output
     assert "refused by the provider" not in again.output
+
+
+def test_http_logs_mask_credentials_in_urls(caplog):
+    import logging
+
+    from vas_api.redact import install_log_redaction, redact_urls_in
+
+    assert redact_urls_in('GET http://u:sk-K@h:1/v1/models "200"') == 'GET http://***@h:1/v1/models "200"'
+    assert redact_urls_in("see http://h/v1 now") == "see http://h/v1 now"
+    install_log_redaction()
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        logging.getLogger("httpx").info("HTTP Request: %s %s", "GET", "http://u:sk-K@h/v1?key=sk-K")
+    assert "sk-K" not in caplog.text and "HTTP Request: GET http://***@h/v1?key=***" in caplog.text

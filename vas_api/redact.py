@@ -6,10 +6,12 @@ prints goes through `redact_url`; `redact_text` removes known secrets from any o
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["redact_url", "redact_text", "client_secrets"]
+__all__ = ["redact_url", "redact_text", "redact_urls_in", "client_secrets", "install_log_redaction"]
 
 MASK = "***"
 
@@ -60,3 +62,49 @@ def client_secrets(client: object) -> list[str]:
     except ValueError:
         pass
     return out
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` with every URL in it passed through `redact_url` (URLs without userinfo,
+    query or fragment come out unchanged)."""
+
+    def one(match: re.Match[str]) -> str:
+        url = match.group(0)
+        if "@" not in url and "?" not in url and "#" not in url:
+            return url
+        return redact_url(url)
+
+    return _URL.sub(one, text)
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is not ours to fix
+            return True
+        clean = redact_urls_in(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "openai._base_client",
+                 "anthropic", "anthropic._base_client")
+_FILTER = _RedactingFilter()
+
+
+def install_log_redaction() -> None:
+    """Mask credentials in the URLs the HTTP stack logs.
+
+    httpx logs every request's full URL at INFO ("HTTP Request: GET http://user:KEY@host/...");
+    with a key in the base URL that would print the key. The filter rewrites only the URLs in
+    those loggers' own records; it is added once (idempotent).
+    """
+    for name in _HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)

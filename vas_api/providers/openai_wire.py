@@ -41,7 +41,7 @@ from ..errors import (
     sdk_error,
 )
 from ..logprobs import parse_logprobs
-from ..redact import redact_url
+from ..redact import install_log_redaction, redact_url
 from ..types import Candidate, Completion, Draft, Position, Prefix, ProviderProfile, Samples, Usage
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+install_log_redaction()  # httpx logs full request URLs, credentials included
 
 CallKind = Literal["completions", "chat", "models"]
 
