@@ -39,9 +39,8 @@ def _keyed_url(base_url: str) -> str:
 
 
 def test_no_key_in_files_reprs_errors_or_logs(local_server, tmp_path, monkeypatch, caplog, one_torch_thread):
-    from tests.test_train import _cfg, tiny_model
-
     from estimators.train import train
+    from tests.test_train import _cfg, tiny_model
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("VAS_API_CACHE_DIR", str(cache))
