@@ -53,7 +53,9 @@ class Record:
         fault: the fault applied, or None.
         status: the status the client got (None: reset or stall).
         usage: the upstream's usage object when the upstream was called, else None.
-        intact: the client received the upstream's body unchanged.
+        intact: the client was sent the upstream's body unchanged.
+        delivered: the answer was written to the client (False when the client had already
+            gone, e.g. after its timeout: the upstream billed a call the client never saw).
     """
 
     path: str
@@ -61,6 +63,7 @@ class Record:
     status: int | None
     usage: dict[str, Any] | None = None
     intact: bool = False
+    delivered: bool = False
 
 
 @dataclass
@@ -194,33 +197,45 @@ class _Handler(BaseHTTPRequestHandler):
             status = int(fault[:3])
             headers = {"Retry-After": "1"} if fault == "429-retry" else {}
             message = {"error": {"message": f"injected {fault}", "type": "injected", "code": status}}
-            owner._record(Record(path, fault, status))
-            self._send(status, json.dumps(message).encode(), headers)
+            record = Record(path, fault, status)
+            record.delivered = self._send(status, json.dumps(message).encode(), headers)
+            owner._record(record)
             return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection", "accept-encoding")}
         try:
             upstream = owner._http.request(self.command, owner._upstream_root + self.path, content=body, headers=headers)
         except httpx.HTTPError as exc:  # the real server failed: say so, as a gateway would
-            owner._record(Record(path, fault, 502))
-            self._send(502, json.dumps({"error": {"message": f"upstream: {exc}"}}).encode(), {})
+            record = Record(path, fault, 502)
+            record.delivered = self._send(502, json.dumps({"error": {"message": f"upstream: {exc}"}}).encode(), {})
+            owner._record(record)
             return
         data = upstream.content
         usage = _usage_of(data)
         intact = True
         if upstream.status_code == 200 and fault in BODY_FAULTS:
             data, intact = _spoil(data, fault, owner.few_k), False
-        owner._record(Record(path, fault, upstream.status_code, usage, intact))
-        self._send(upstream.status_code, data, {"Content-Type": upstream.headers.get("content-type", "application/json")})
+        record = Record(path, fault, upstream.status_code, usage, intact)
+        record.delivered = self._send(
+            upstream.status_code, data, {"Content-Type": upstream.headers.get("content-type", "application/json")}
+        )
+        owner._record(record)
 
-    def _send(self, status: int, data: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        if "Content-Type" not in headers:
-            self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    def _send(self, status: int, data: bytes, headers: dict[str, str]) -> bool:
+        """Write one answer; False when the client has gone."""
+        try:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            if "Content-Type" not in headers:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:  # BrokenPipe / ConnectionReset: the client timed out or closed
+            self.close_connection = True
+            return False
+        return True
 
 
 def _usage_of(data: bytes) -> dict[str, Any] | None:
