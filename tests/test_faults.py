@@ -135,6 +135,97 @@ def test_connection_error_message_redacts_the_base_url():
     assert isinstance(err, openai.APIConnectionError) and "sk-KEY" not in str(err)
 
 
+# -- the drivers' retries, offline (respx answers, the real SDK does the HTTP) ----------------------
+
+BASE = "http://mock.test/v1"
+FAST = RetryPolicy(initial_delay=0.001, max_delay=0.002)
+
+
+def _body(tokens=(" a",), logprobs=True, usage=(10, 1)) -> dict:
+    choice = {"index": 0, "text": "".join(tokens), "finish_reason": "length", "logprobs": None}
+    if logprobs:
+        choice["logprobs"] = {"tokens": list(tokens), "text_offset": [0] * len(tokens),
+                              "token_logprobs": [-0.5] * len(tokens),
+                              "top_logprobs": [{t: -0.5, " z": -1.5} for t in tokens]}
+    return {"id": "c", "object": "text_completion", "created": 1, "model": "m", "choices": [choice],
+            "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+                      "total_tokens": sum(usage)}}
+
+
+def _offline_provider(max_retries: int = 2, is_async: bool = False):
+    from vas_api.profiles import LLAMA_CPP_PYTHON
+    from vas_api.providers import connect
+
+    cls, http = (openai.AsyncOpenAI, httpx.AsyncClient) if is_async else (openai.OpenAI, httpx.Client)
+    client = use_retry_policy(cls(base_url=BASE, api_key="sk-test", max_retries=max_retries,
+                                  http_client=http()), FAST)
+    return connect(client, "m", profile=LLAMA_CPP_PYTHON)
+
+
+def test_a_429_then_an_answer_is_one_retry_and_no_sdk_retry(respx_mock):
+    from vas_api.retry import RetryLog, reset_retry_log, set_retry_log
+    from vas_api.types import Prefix
+
+    route = respx_mock.post(f"{BASE}/completions").mock(side_effect=[
+        httpx.Response(429, headers={"retry-after-ms": "1"}, json={"error": {"message": "slow down"}}),
+        httpx.Response(200, json=_body()),
+    ])
+    log = RetryLog()
+    token = set_retry_log(log)
+    try:
+        draft = _offline_provider().draft(Prefix("Hi"), m=1, k=2)
+    finally:
+        reset_retry_log(token)
+    assert route.call_count == 2 and log.reasons == ["429"]
+    assert draft.usage.calls == 1 and draft.usage.prompt_tokens == 10  # a 429 is not billed
+
+
+def test_retries_stop_at_the_clients_max_retries_with_the_sdk_type(respx_mock):
+    from vas_api.types import Prefix
+
+    route = respx_mock.post(f"{BASE}/completions").mock(
+        return_value=httpx.Response(503, json={"error": {"message": "down"}}))
+    with pytest.raises(openai.InternalServerError) as info:
+        _offline_provider(max_retries=3).draft(Prefix("Hi"), m=1, k=2)
+    assert route.call_count == 4 and info.value.attempts == 4  # 1 + max_retries, not (1+3)^2
+    assert info.value.status_code == 503 and isinstance(info.value, ProviderError)
+
+
+def test_a_truncated_body_is_retried_and_its_billed_attempt_counted(respx_mock):
+    from vas_api.types import Prefix
+
+    good = json.dumps(_body()).encode()
+    respx_mock.post(f"{BASE}/completions").mock(side_effect=[
+        httpx.Response(200, content=good[: len(good) // 2], headers={"content-type": "application/json"}),
+        httpx.Response(200, json=_body()),
+    ])
+    draft = _offline_provider().draft(Prefix("Hi"), m=1, k=2)
+    assert draft.usage.calls == 2 and draft.usage.prompt_tokens == 10  # tokens of the cut one unknown
+
+
+async def test_a_body_without_logprobs_is_asked_again_then_fails_honestly(respx_mock):
+    from vas_api.types import Prefix
+
+    route = respx_mock.post(f"{BASE}/completions").mock(
+        return_value=httpx.Response(200, json=_body(logprobs=False)))
+    with pytest.raises(NoLogprobsError) as info:
+        await _offline_provider(max_retries=1, is_async=True).draft(Prefix("Hi"), m=1, k=2)
+    err = info.value
+    assert route.call_count == 2 and err.attempts == 2
+    assert err.usage.calls == 2 and err.usage.prompt_tokens == 20  # both were billed
+    assert "does not support" not in str(err)
+
+
+def test_a_bad_request_is_not_retried(respx_mock):
+    from vas_api.types import Prefix
+
+    route = respx_mock.post(f"{BASE}/completions").mock(
+        return_value=httpx.Response(400, json={"error": {"message": "prompt too long"}}))
+    with pytest.raises(openai.BadRequestError) as info:
+        _offline_provider().draft(Prefix("Hi"), m=1, k=2)
+    assert route.call_count == 1 and "prompt too long" in str(info.value)
+
+
 # -- the matrix: a proxy between the real SDK and the real server -----------------------------------
 
 FAULTS = ("429", "429-retry", "500", "502", "503", "reset", "stall", "truncated", "no-logprobs", "few")
