@@ -23,6 +23,8 @@ Faults:
     truncated     the upstream's 200 body cut in half (a valid Content-Length for the cut)
     no-logprobs   the upstream's body with every choice's ``logprobs`` set to null
     few           the upstream's body with each position's top logprobs cut to ``few_k``
+    short-draft   the upstream's body cut to its first generated token (a draft shorter than
+                  asked, finish_reason "length"; a one-token answer is unchanged)
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from typing import Any
 
 import httpx
 
-FAULTS = ("429", "429-retry", "500", "502", "503", "reset", "stall", "truncated", "no-logprobs", "few")
-BODY_FAULTS = frozenset({"truncated", "no-logprobs", "few"})  # the upstream is called (billed)
+FAULTS = ("429", "429-retry", "500", "502", "503", "reset", "stall", "truncated", "no-logprobs", "few",
+          "short-draft")
+BODY_FAULTS = frozenset({"truncated", "no-logprobs", "few", "short-draft"})  # the upstream is called (billed)
 _GENERATION_PATHS = ("/completions", "/chat/completions")
 
 
@@ -251,6 +254,14 @@ def _spoil(data: bytes, fault: str, few_k: int) -> bytes:
         return data[: len(data) // 2]
     body = json.loads(data)
     for choice in body.get("choices", []):
+        if fault == "short-draft":
+            lp = choice.get("logprobs") or {}
+            if isinstance(lp.get("tokens"), list) and len(lp["tokens"]) > 1:
+                for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                    if isinstance(lp.get(name), list):
+                        lp[name] = lp[name][:1]
+                choice["text"], choice["finish_reason"] = lp["tokens"][0], "length"
+            continue
         if fault == "no-logprobs":
             choice["logprobs"] = None
             continue
