@@ -131,11 +131,12 @@ def _short_positions(answer: Draft, k: int) -> int:
 
 
 def _count_failure(sampler: _SamplerBase, exc: BaseException) -> None:
-    """Add the failed call's billed attempts to the sampler's usage (they were paid for)."""
+    """Add the failed call's billed attempts (``exc.usage``) to the sampler's usage: they were
+    paid for, so the partial output's usage (and a later successful run's) includes them."""
     usage = getattr(exc, "usage", None)
-    if isinstance(usage, Usage):
+    if isinstance(usage, Usage) and not getattr(exc, "_vas_counted", False):
         sampler.state.usage = sampler.state.usage + usage
-        exc.usage = Usage()  # counted once, in the sampler; the partial carries the total
+        exc._vas_counted = True  # type: ignore[attr-defined] - one exception, counted once
 
 
 def partial_output(samplers: Sequence[_SamplerBase], provider: Any, timings: Timings | None = None) -> PartialOutput:
