@@ -8,9 +8,11 @@ so the sync and async providers share every decision and tests can run a flow wi
 Retries happen in ONE layer, vas-api's own (`vas_api.retry`): every call is sent with the SDK's
 ``max_retries`` set to 0, and the drivers retry transport failures (429, 5xx, connection reset,
 timeout, a truncated or malformed 200 body) with openai-python's backoff, as many times as the
-SDK client's ``max_retries`` says. Degraded answers are re-asked by the flows themselves (a body
-without logprobs, fewer candidates than asked: see `_logprob_reply`); the driver waits the same
-backoff before such a re-ask. Every attempt the server billed is added to the usage. The other
+SDK client's ``max_retries`` says. A degraded answer (a 200 body without logprobs) is re-asked
+by the flow itself (`_logprob_reply`); the driver waits the same backoff before such a re-ask
+and stops them at the same count. Fewer candidates than asked and a draft shorter than asked
+are used as they are (counted in the report). Every attempt the server billed is added to the
+usage. The other
 repeated calls are semantic: a candidates call whose sampled token was an unreported
 end-of-sequence (see `candidates_flow`), which is a new question, not a retry of a failed one.
 """
@@ -83,7 +85,7 @@ class Call:
     Attributes:
         retry: 0 for a first ask; n when a flow asks the same call again for the n-th time
             after a degraded answer (the driver waits the retry backoff first).
-        reason: why it is asked again ("no logprobs", "few candidates").
+        reason: why it is asked again ("no logprobs").
     """
 
     kind: CallKind
@@ -390,7 +392,7 @@ def candidates_flow(
         seed = None if attempt == 0 else 1_000_003 * attempt
         call = _call(profile, model, target, max_tokens=1, logprobs_k=k, seed=seed, extra=extra)
         draft = yield from _logprob_reply(
-            call, lambda r: draft_from_response(r, k=k, m=1, special_tokens=specials), k=k
+            call, lambda r: draft_from_response(r, k=k, m=1, special_tokens=specials)
         )
         usage = usage + draft.usage
         if draft.positions:
@@ -434,12 +436,12 @@ def draft_flow(
     specials = list(special_tokens)
     return (
         yield from _logprob_reply(
-            call, lambda r: draft_from_response(r, k=k, m=m, special_tokens=specials), k=k
+            call, lambda r: draft_from_response(r, k=k, m=m, special_tokens=specials)
         )
     )
 
 
-def _logprob_reply(call: Call, parse: Callable[[Any], Draft], *, k: int) -> Generator[Call, Any, Draft]:
+def _logprob_reply(call: Call, parse: Callable[[Any], Draft]) -> Generator[Call, Any, Draft]:
     """Ask `call` and parse its answer, re-asking a degraded one (a sub-flow: ``yield from``).
 
     A 200 answer without logprobs is a fault (the endpoint's profile says it gives them): it
@@ -459,7 +461,8 @@ def _logprob_reply(call: Call, parse: Callable[[Any], Draft], *, k: int) -> Gene
         try:
             response = yield call if retry == 0 else replace(call, retry=retry, reason="no logprobs")
         except _RetriesExhausted:
-            assert failure is not None  # noqa: S101 - only thrown after a re-ask
+            if failure is None:  # only thrown after a re-ask; anything else is a driver bug
+                raise
             failure.usage, failure.attempts = wasted, retry
             raise failure from None
         try:
