@@ -139,6 +139,14 @@ def _count_failure(sampler: _SamplerBase, exc: BaseException) -> None:
         exc._vas_counted = True  # type: ignore[attr-defined] - one exception, counted once
 
 
+def _failed(exc: ProviderError, sampler: _SamplerBase, provider: Any, t: Timings, log: _retry.RetryLog) -> None:
+    """What `run` / `arun` do when a call fails for good: count it, attach the partial output."""
+    _count_failure(sampler, exc)
+    t.retries += log.retries
+    log.retries = 0
+    exc.partial = partial_output([sampler], provider, t)
+
+
 def partial_output(samplers: Sequence[_SamplerBase], provider: Any, timings: Timings | None = None) -> PartialOutput:
     """The `PartialOutput` of `samplers` (with a VASReport built like the client's)."""
     from ..report import VASReport
@@ -204,10 +212,7 @@ def run(
                 t.short_positions += _short_positions(answer, call.k)
             sampler.feed(answer)
     except ProviderError as exc:
-        _count_failure(sampler, exc)
-        t.retries += log.retries
-        log.retries = 0
-        exc.partial = partial_output([sampler], provider, t)
+        _failed(exc, sampler, provider, t, log)
         raise
     finally:
         _retry.reset_retry_log(token)
@@ -247,10 +252,7 @@ async def arun(
                 t.short_positions += _short_positions(answer, call.k)
             sampler.feed(answer)
     except ProviderError as exc:
-        _count_failure(sampler, exc)
-        t.retries += log.retries
-        log.retries = 0
-        exc.partial = partial_output([sampler], provider, t)
+        _failed(exc, sampler, provider, t, log)
         raise
     finally:
         _retry.reset_retry_log(token)
