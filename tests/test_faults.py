@@ -482,3 +482,16 @@ def test_http_logs_mask_credentials_in_urls(caplog):
     with caplog.at_level(logging.INFO, logger="httpx"):
         logging.getLogger("httpx").info("HTTP Request: %s %s", "GET", "http://u:sk-K@h/v1?key=sk-K")
     assert "sk-K" not in caplog.text and "HTTP Request: GET http://***@h/v1?key=***" in caplog.text
+
+
+def test_errors_raised_through_a_driver_never_show_the_clients_secrets():
+    key = "sk-drv-" + "7" * 20
+    client = openai.OpenAI(base_url=f"http://user:{key}@h.test/v1", api_key=key, max_retries=0)
+
+    def probe_like_flow():
+        raise ProviderError(f"could not probe {client.base_url} with key {key}")
+        yield  # a generator
+
+    with pytest.raises(ProviderError) as info:
+        wire.drive_sync(client, probe_like_flow(), model="m")
+    assert key not in str(info.value) and "could not probe http://***@h.test/v1" in str(info.value)

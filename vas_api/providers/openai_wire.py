@@ -43,7 +43,7 @@ from ..errors import (
     sdk_error,
 )
 from ..logprobs import parse_logprobs
-from ..redact import install_log_redaction, redact_url
+from ..redact import client_secrets, install_log_redaction, redact_text, redact_url, redact_urls_in
 from ..types import Candidate, Completion, Draft, Position, Prefix, ProviderProfile, Samples, Usage
 
 __all__ = [
@@ -713,12 +713,24 @@ def _give_up(
     exc: BaseException, client: Any, model: str, book: _Attempts, available: list[str] | None
 ) -> BaseException:
     if isinstance(exc, VASError) and not isinstance(exc, ProviderError):
-        return exc  # the request itself is wrong (ConfigError, CapabilityError): nothing billed
-    return translate_error(
+        return _scrubbed(exc, client)  # the request itself is wrong: nothing billed
+    return _scrubbed(translate_error(
         exc, base_url=_base_url(client), model=model, available=available,
         usage=book.wasted + (getattr(exc, "usage", None) or Usage()),
         attempts=max(book.tries, getattr(exc, "attempts", 1) or 1),
-    )
+    ), client)
+
+
+def _scrubbed(err: BaseException, client: Any) -> BaseException:
+    """`err` with the client's secrets (API key, base-URL credentials) masked in its message,
+    whoever wrote it (flows such as the profile probe print the base URL)."""
+    text = str(err)
+    clean = redact_urls_in(redact_text(text, client_secrets(client)))
+    if clean != text:
+        err.args = (clean,)
+        if hasattr(err, "message"):
+            err.message = clean  # type: ignore[attr-defined]
+    return err
 
 
 def drive_sync(client: openai.OpenAI, flow: Flow, *, model: str) -> Any:
