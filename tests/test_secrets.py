@@ -41,9 +41,11 @@ def _keyed_url(base_url: str) -> str:
 def test_no_key_in_files_reprs_errors_or_logs(local_server, tmp_path, monkeypatch, caplog, one_torch_thread):
     from estimators.train import train
     from tests.test_train import _cfg, tiny_model
+    from vas_api.profiles import clear_memory_cache
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("VAS_API_CACHE_DIR", str(cache))
+    clear_memory_cache()  # so the profile is probed (and cached on disk) in this test
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
