@@ -22,7 +22,6 @@ client gives `VASClient`, an async one `AsyncVASClient`; both drive the same sam
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import time
 import uuid
@@ -56,6 +55,7 @@ from .sampler import (
     run,
 )
 from .sampler.core import _SamplerBase
+from .sampler.run import arun_all, run_all
 from .streaming import AsyncVASStream, StreamState, VASStream
 from .types import Prefix, Prompt, ValueFunction
 from .value_checks import probe_value_model
@@ -307,6 +307,8 @@ class _Base:
                 report.accepted += s.accepted
                 report.resampled += s.resampled
         report.api_calls = sum(t.api_calls for t in per_choice)
+        report.retries = sum(t.retries for t in per_choice)
+        report.short_positions = sum(t.short_positions for t in per_choice)
         report.cost_usd = plan.provider.profile.cost(report.usage)
         report.time_api_s = sum(t.api_s for t in per_choice)
         report.time_value_s = sum(t.value_s for t in per_choice)
@@ -345,8 +347,7 @@ class VASClient(_Base):
                              lambda per, total: self._report(plan, per, total))
         timings = Timings()
         start = time.perf_counter()
-        for s in plan.samplers:
-            drive(s, timings)
+        run_all(plan.samplers, plan.provider, plan.value_fns, timings)
         return _response(plan, self._report(plan, [timings], time.perf_counter() - start))
 
 
@@ -374,7 +375,7 @@ class AsyncVASClient(_Base):
         samplers = plan.samplers
         per = [Timings() for _ in samplers]
         start = time.perf_counter()
-        await asyncio.gather(*(drive(s, t) for s, t in zip(samplers, per, strict=True)))
+        await arun_all(samplers, plan.provider, plan.value_fns, per)
         return _response(plan, self._report(plan, per, time.perf_counter() - start))
 
 

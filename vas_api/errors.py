@@ -14,6 +14,7 @@ __all__ = [
     "CapabilityError",
     "ProviderError",
     "ProviderConnectionError",
+    "MalformedResponseError",
     "ModelNotFoundError",
     "NoLogprobsError",
     "BudgetExceededError",
@@ -48,11 +49,35 @@ class CapabilityError(VASError):
 
 
 class ProviderError(VASError):
-    """The provider answered with something vas-api cannot use."""
+    """The provider answered with something vas-api cannot use.
+
+    An error that came from the provider's SDK is raised as a class that subclasses both this
+    and the SDK's own exception (see `sdk_error`), so ``except openai.RateLimitError`` still
+    matches and ``status_code``, ``response``, ``body`` and the headers (Retry-After) stay.
+
+    Attributes:
+        partial: what the generation had produced when it failed (a
+            `vas_api.sampler.run.PartialOutput`: text and committed tokens per choice, the
+            VASReport so far), or None outside a generation.
+        usage: tokens billed by the failed call's attempts (a `vas_api.Usage`; attempts whose
+            body could not be read count as calls with unknown tokens), or None.
+        attempts: how many times the failed call was tried (1 + retries).
+        sdk_error: the SDK's original exception, when there was one (also ``__cause__``).
+    """
+
+    partial: Any = None
+    usage: Any = None
+    attempts: int = 1
+    sdk_error: BaseException | None = None
 
 
 class ProviderConnectionError(ProviderError):
     """The provider could not be reached (wrong base URL, server not running, network)."""
+
+
+class MalformedResponseError(ProviderError):
+    """The provider answered 200 with a body that is not the JSON it should be (truncated,
+    cut off by a proxy, not JSON at all), on every attempt."""
 
 
 class ModelNotFoundError(ProviderError):
@@ -104,3 +129,51 @@ class RewardError(VASError):
 
 class LocalServerError(VASError):
     """The embedded llama.cpp server could not be installed, started or reached."""
+
+
+_TWINS: dict[tuple[type, type], type] = {}
+
+
+def sdk_error(
+    exc: BaseException,
+    message: str,
+    *,
+    base: type[ProviderError] = ProviderError,
+    **attrs: Any,
+) -> ProviderError:
+    """`exc` (an openai or anthropic SDK exception) re-raised as a VAS error that is *also* an
+    instance of the SDK's class: a class subclassing both `base` and ``type(exc)``.
+
+    Every attribute of the SDK's exception (``status_code``, ``response``, ``body``,
+    ``request_id``, ...) is kept; the message becomes `message` (which says what to change).
+
+    Args:
+        exc: the SDK's exception.
+        message: the new message (must hold no secret: redact URLs before).
+        base: the VAS class to mix in (ProviderError or a subclass).
+        **attrs: extra attributes (partial, usage, attempts, available, ...).
+
+    Returns:
+        The new exception (raise it ``from exc``).
+    """
+    sdk_cls = type(exc)
+    if issubclass(sdk_cls, VASError):  # already one of ours
+        err = exc
+    else:
+        key = (base, sdk_cls)
+        cls = _TWINS.get(key)
+        if cls is None:
+            cls = type(
+                sdk_cls.__name__, (base, sdk_cls),
+                {"__module__": __name__, "__doc__": f"{sdk_cls.__doc__ or sdk_cls.__name__} (raised by vas-api; also a {base.__name__})"},
+            )
+            _TWINS[key] = cls
+        err = cls.__new__(cls, message)
+        err.__dict__.update(getattr(exc, "__dict__", {}))
+        err.sdk_error = exc
+    Exception.__init__(err, message)
+    if hasattr(err, "message"):
+        err.message = message
+    for name, value in attrs.items():
+        setattr(err, name, value)
+    return err  # type: ignore[return-value]

@@ -33,6 +33,10 @@ class VASReport:
             tested: they are the wasted ones.
         time_api_s, time_value_s, time_total_s: wall time waiting for the API, in the value
             models, and in all.
+        retries: calls asked again after a transport failure or a degraded answer (see
+            `vas_api.retry`); their billed tokens are in `usage`.
+        short_positions: positions whose answer held fewer than k candidates (VAS sampled
+            over the ones reported).
     """
 
     mode: str
@@ -50,6 +54,8 @@ class VASReport:
     time_api_s: float = 0.0
     time_value_s: float = 0.0
     time_total_s: float = 0.0
+    retries: int = 0
+    short_positions: int = 0
 
     @property
     def tokens(self) -> int:
@@ -86,6 +92,10 @@ class VASReport:
                 f"drafted {self.drafted}, accepted {self.accepted} of {self.tested} tested "
                 f"({self.acceptance:.2f}), wasted {self.wasted}"
             )
+        if self.retries:
+            parts.append(f"{self.retries} retries")
+        if self.short_positions:
+            parts.append(f"{self.short_positions} positions with fewer than k={self.k} candidates")
         parts.append(
             f"{self.time_total_s:.2f}s (API {self.time_api_s:.2f}s, value {self.time_value_s:.2f}s)"
         )

@@ -54,22 +54,30 @@ def collect_command(
     model: Annotated[str | None, typer.Option(help="Base model name at the provider.")] = None,
     api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
     chat_template: Annotated[str | None, typer.Option(help="Chat template for raw-completion servers (.gguf path, HF tokenizer or Jinja).")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Ask again for prompts an earlier run recorded as refused (OUT.failed.jsonl).")] = False,
 ) -> None:
-    """Sample completions of the frozen base at temperature 1 and store them as JSONL."""
-    from estimators.collect import as_prompt, collect
-    from estimators.data import read_prompts
+    """Sample completions of the frozen base at temperature 1 and store them as JSONL.
+
+    A prompt the provider refuses (e.g. longer than the context) is recorded with its line
+    number in OUT.failed.jsonl and skipped; the other prompts are still collected.
+    """
+    from estimators.collect import as_prompt, collect, failed_path, numbered_prompts
     from estimators.rewards import build_reward
 
-    lines = read_prompts(prompts)
+    lines, numbers = numbered_prompts(prompts)
     scorer = build_reward(reward) if reward else None
     with ExitStack() as stack:
         provider = _provider(stack, base_url, model, api_key_env, chat_template)
         summary = collect(
             provider, [as_prompt(p, chat=not raw, system=system) for p in lines], out, n=n,
             max_tokens=max_tokens, seed=seed, max_total_tokens=max_total_tokens,
-            max_cost_usd=max_usd, reward=scorer,
+            max_cost_usd=max_usd, reward=scorer, line_numbers=numbers, retry_failed=retry_failed,
         )
     typer.echo(f"{out}: {summary.line()}")
+    for failed in summary.failed:
+        typer.echo(f"{prompts}:{failed.line}: refused by the provider: {failed.error}", err=True)
+    if summary.failed:
+        typer.echo(f"recorded in {failed_path(out)}; a re-run skips them (--retry-failed asks again).", err=True)
 
 
 @app.command("train")

@@ -4,9 +4,9 @@
 `vas_api.types.Provider` / `AsyncProvider`. They are thin shells: every request and every
 reading of a response is decided by the pure flows in `openai_wire`, so both behave the same.
 
-Transport retries: only the openai SDK's own ``max_retries`` (set it on the client you pass in;
-it backs off exponentially and honours Retry-After). This module adds no retry layer on top,
-because two layers multiply retries and cost.
+Retries: one layer, vas-api's (`vas_api.retry`, run by the drivers in `openai_wire`). The
+client's ``max_retries`` sets how many; the calls themselves go out with the SDK's retries off,
+so the two never multiply. Errors keep the SDK's exception classes (see `openai_wire.translate_error`).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class OpenAICompatProvider:
 
     Args:
         client: the SDK client (base_url, api_key, timeout and max_retries are yours to set;
-            its max_retries is the only transport retry layer).
+            its max_retries is how often vas-api retries a failed call, see `vas_api.retry`).
         model: the model name to send.
         chat_template: renders chat messages for "completions" continuation: a ChatTemplate,
             a .gguf path, a Hugging Face tokenizer name/path, or a Jinja string. Needed only

@@ -5,31 +5,46 @@ generator "flows". A flow yields `Call`s and receives each call's reply (or has 
 exception thrown into it); `drive_sync` / `drive_async` are the only code that touches a client,
 so the sync and async providers share every decision and tests can run a flow without a network.
 
-Transport retries happen in ONE layer: the openai SDK's own ``max_retries`` (exponential backoff,
-Retry-After honoured). Nothing here retries a failed HTTP request. The only repeated calls are
-semantic: a candidates call whose sampled token was an unreported end-of-sequence (see
-`candidates_flow`), which is a new question, not a retry of a failed one.
+Retries happen in ONE layer, vas-api's own (`vas_api.retry`): every call is sent with the SDK's
+``max_retries`` set to 0, and the drivers retry transport failures (429, 5xx, connection reset,
+timeout, a truncated or malformed 200 body) with openai-python's backoff, as many times as the
+SDK client's ``max_retries`` says. A degraded answer (a 200 body without logprobs) is re-asked
+by the flow itself (`_logprob_reply`); the driver waits the same backoff before such a re-ask
+and stops them at the same count. Fewer candidates than asked and a draft shorter than asked
+are used as they are (counted in the report). Every attempt the server billed is added to the
+usage. The other
+repeated calls are semantic: a candidates call whose sampled token was an unreported
+end-of-sequence (see `candidates_flow`), which is a new question, not a retry of a failed one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import time
+import weakref
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import openai
 
+from .. import retry as _retry
 from ..errors import (
     CapabilityError,
     ConfigError,
+    MalformedResponseError,
     ModelNotFoundError,
     NoLogprobsError,
     ProviderConnectionError,
     ProviderError,
+    VASError,
+    sdk_error,
 )
 from ..families import family
 from ..logprobs import parse_logprobs
+from ..redact import client_secrets, install_log_redaction, redact_text, redact_url, redact_urls_in
 from ..types import Candidate, Completion, Draft, Position, Prefix, ProviderProfile, Samples, Usage
 
 __all__ = [
@@ -50,6 +65,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+install_log_redaction()  # httpx logs full request URLs, credentials included
 
 CallKind = Literal["completions", "chat", "models", "http"]
 
@@ -58,15 +74,27 @@ EOS_RETRIES = 2
 llama-cpp-python without min_tokens, did not report that position."""
 
 
+class _RetriesExhausted(Exception):
+    """Thrown into a flow by a driver when a re-ask would pass the retry count."""
+
+
 @dataclass(frozen=True)
 class Call:
     """One SDK call: ``client.completions.create(**kwargs)``, ``client.chat.completions.create``,
     ``client.models.list()`` (kwargs empty), or "http": a plain JSON request through the client
     (kwargs ``method`` "get"/"post", absolute ``url``, ``body``) for a server's own endpoints
-    (llama.cpp's /props, /tokenize); its reply is the decoded JSON."""
+    (llama.cpp's /props, /tokenize); its reply is the decoded JSON.
+
+    Attributes:
+        retry: 0 for a first ask; n when a flow asks the same call again for the n-th time
+            after a degraded answer (the driver waits the retry backoff first).
+        reason: why it is asked again ("no logprobs").
+    """
 
     kind: CallKind
     kwargs: dict[str, Any] = field(default_factory=dict)
+    retry: int = 0
+    reason: str = ""
 
 
 Flow = Generator[Call, Any, Any]
@@ -300,8 +328,12 @@ def draft_from_response(
         if usage.completion_tokens == 0 and finish == "stop":
             return Draft([], finish, usage)  # stopped at once; nothing to report
         raise NoLogprobsError(
-            "the provider returned no logprobs, so token and speculative modes cannot run. "
-            "Check that the endpoint supports logprobs (reasoning models refuse them)."
+            "the provider's answer carried no logprobs although they were asked for, so this "
+            "token or draft cannot be sampled. An endpoint that returned them before may be "
+            "overloaded or behind a proxy that drops them: retry later. A model that never "
+            "returns them (reasoning models refuse logprobs unless reasoning is off) needs "
+            "mode='rerank'.",
+            workable_modes=["rerank"],
         )
     positions = parse_logprobs(
         logprobs, k=k, text=_choice_text(choice), finish_reason=finish,
@@ -343,9 +375,10 @@ def candidates_flow(
     for attempt in range(EOS_RETRIES + 1):
         seed = None if attempt == 0 else 1_000_003 * attempt
         call = _call(profile, model, target, max_tokens=1, logprobs_k=k, seed=seed, extra=extra)
-        response = yield call
-        draft = draft_from_response(
-            response, k=k, m=1, special_tokens=specials, eos_token_ids=profile.eos_token_ids
+        draft = yield from _logprob_reply(
+            call, lambda r: draft_from_response(
+                r, k=k, m=1, special_tokens=specials, eos_token_ids=profile.eos_token_ids
+            ),
         )
         usage = usage + draft.usage
         if draft.positions:
@@ -386,11 +419,48 @@ def draft_flow(
     call = _call(
         profile, model, target, max_tokens=m, logprobs_k=k, top_k=k if restrict_top_k else None
     )
-    response = yield call
-    return draft_from_response(
-        response, k=k, m=m, special_tokens=list(special_tokens),
-        eos_token_ids=profile.eos_token_ids,
+    specials = list(special_tokens)
+    return (
+        yield from _logprob_reply(
+            call, lambda r: draft_from_response(
+                r, k=k, m=m, special_tokens=specials, eos_token_ids=profile.eos_token_ids
+            ),
+        )
     )
+
+
+def _logprob_reply(call: Call, parse: Callable[[Any], Draft]) -> Generator[Call, Any, Draft]:
+    """Ask `call` and parse its answer, re-asking a degraded one (a sub-flow: ``yield from``).
+
+    A 200 answer without logprobs is a fault (the endpoint's profile says it gives them): it
+    is asked again (the driver waits the backoff, and stops the re-asks at the client's retry
+    count), then NoLogprobsError with the billed ``usage`` and ``attempts`` attached. Fewer
+    than k candidates at a position is *not* re-asked: servers do that legitimately (OpenAI
+    drops the -9999 sentinels; duplicates are merged), VAS samples over the candidates that
+    were reported, and the run counts the short positions (`VASReport.short_positions`).
+
+    Returns:
+        The parsed Draft; its usage includes every re-asked answer (they were billed).
+    """
+    wasted = Usage()
+    retry = 0
+    failure: NoLogprobsError | None = None
+    while True:
+        try:
+            response = yield call if retry == 0 else replace(call, retry=retry, reason="no logprobs")
+        except _RetriesExhausted:
+            if failure is None:  # only thrown after a re-ask; anything else is a driver bug
+                raise
+            failure.usage, failure.attempts = wasted, retry
+            raise failure from None
+        try:
+            draft = parse(response)
+        except NoLogprobsError as exc:
+            wasted = wasted + usage_from(response)
+            failure, retry = exc, retry + 1
+            continue
+        draft.usage = draft.usage + wasted
+        return draft
 
 
 def sample_flow(
@@ -432,59 +502,140 @@ def sample_flow(
 
 # -- errors and drivers -------------------------------------------------------------------------
 
+_MALFORMED = (json.JSONDecodeError, UnicodeDecodeError)
+"""What the SDK lets through from a 200 body that is not JSON (it does not wrap these)."""
+_CALL_ERRORS = (openai.OpenAIError, *_MALFORMED)
+
 
 def _status_message(exc: openai.APIStatusError) -> str:
+    """The server's own words, without a trailing full stop (the caller adds its own)."""
     body = exc.body
     if isinstance(body, dict):
         detail = body.get("message") or body.get("detail") or body.get("error") or body
         if isinstance(detail, dict):
             detail = detail.get("message", detail)
-        return str(detail)
-    return str(exc)
+        return str(detail).rstrip(". ")
+    return str(exc).rstrip(". ")
 
 
 def translate_error(
-    exc: openai.OpenAIError, *, base_url: str, model: str, available: list[str] | None = None
+    exc: BaseException,
+    *,
+    base_url: str,
+    model: str,
+    available: list[str] | None = None,
+    usage: Usage | None = None,
+    attempts: int = 1,
 ) -> Exception:
-    """The VAS error for an SDK error, with what to do about it (pure; no calls).
+    """The error a caller sees for an SDK error, with what to do about it (pure; no calls).
+
+    The result is an instance of the SDK's own class *and* of a VAS class (see
+    `vas_api.errors.sdk_error`): ``except openai.RateLimitError`` and ``except
+    vas_api.ProviderError`` both catch it, and ``status_code``, ``response``, ``body`` stay.
+    A truncated or malformed 200 body (a raw ``json.JSONDecodeError`` from the SDK) becomes a
+    `MalformedResponseError` that is still a ``json.JSONDecodeError``. Errors that are already
+    vas-api's pass through with `usage` and `attempts` set. The base URL is printed with
+    credentials and query values masked.
 
     Args:
-        exc: the SDK's exception (after the SDK's own retries).
+        exc: the SDK's exception (after the retries).
         base_url: the client's base URL, for the message.
         model: the model that was asked for.
         available: model ids the server lists, when known (for ModelNotFoundError).
+        usage: tokens billed by the failed call's attempts.
+        attempts: how many times the call was tried.
     """
+    url = redact_url(base_url)
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    attrs: dict[str, Any] = {"usage": usage if usage is not None else Usage(), "attempts": attempts}
+    if isinstance(exc, VASError):
+        for name, value in attrs.items():
+            setattr(exc, name, value)
+        return exc
+    if isinstance(exc, _MALFORMED):
+        return sdk_error(
+            exc,
+            f"the provider at {url} answered with a body that is not valid JSON{tries} "
+            f"({type(exc).__name__}: {exc}); a proxy or an overloaded server may cut answers "
+            "short. Retry later, or raise max_retries on the client.",
+            base=MalformedResponseError, **attrs,
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return sdk_error(
+            exc,
+            f"the provider at {url} did not answer within the client's timeout{tries}. Raise "
+            "timeout= on the client, or check the server's load.",
+            base=ProviderConnectionError, **attrs,
+        )
     if isinstance(exc, openai.APIConnectionError):
-        return ProviderConnectionError(
-            f"could not reach the provider at {base_url} ({type(exc).__name__}: {exc}). Is the "
-            "server running? Start the local one with `vas local-server`, or check base_url."
+        return sdk_error(
+            exc,
+            f"could not reach the provider at {url}{tries} ({type(exc).__name__}: {exc}). Is "
+            "the server running? Start the local one with `vas local-server`, or check base_url.",
+            base=ProviderConnectionError, **attrs,
         )
     if isinstance(exc, openai.AuthenticationError):
-        return ProviderError(
-            f"the provider at {base_url} refused the API key (401): check api_key / "
-            "OPENAI_API_KEY."
+        return sdk_error(
+            exc,
+            f"the provider at {url} refused the API key (401): check api_key / OPENAI_API_KEY.",
+            **attrs,
         )
     if isinstance(exc, openai.NotFoundError):
         message = _status_message(exc)
         if available is not None and model not in available:
-            return ModelNotFoundError(
-                f"the server at {base_url} has no model {model!r} ({message}).",
-                available=available,
+            listed = f" Models this server has: {', '.join(available)}." if available else ""
+            return sdk_error(
+                exc, f"the server at {url} has no model {model!r} ({message}).{listed}",
+                base=ModelNotFoundError, available=list(available), **attrs,
             )
-        return ProviderError(
-            f"the provider at {base_url} answered 404 for model {model!r}: {message}. Check "
-            "base_url (it usually ends in /v1) and the model name."
+        return sdk_error(
+            exc,
+            f"the provider at {url} answered 404 for model {model!r}: {message}. Check "
+            "base_url (it usually ends in /v1) and the model name.",
+            **attrs,
+        )
+    if isinstance(exc, openai.RateLimitError):
+        return sdk_error(
+            exc,
+            f"the provider at {url} is rate-limiting requests (429){tries}: "
+            f"{_status_message(exc)}. Wait and retry, lower the concurrency, or raise "
+            "max_retries on the client.",
+            **attrs,
         )
     if isinstance(exc, openai.APIStatusError):
-        return ProviderError(
-            f"the provider at {base_url} rejected the request ({exc.status_code}): "
-            f"{_status_message(exc)}"
+        hint = (
+            " The server failed: retry later or check its logs."
+            if exc.status_code >= 500 else " Change the request as the message says."
         )
-    return ProviderError(f"the provider call failed: {exc}")
+        return sdk_error(
+            exc,
+            f"the provider at {url} rejected the request ({exc.status_code}){tries}: "
+            f"{_status_message(exc)}.{hint}",
+            **attrs,
+        )
+    if isinstance(exc, openai.OpenAIError):
+        return sdk_error(exc, f"the provider call to {url} failed{tries}: {exc}", **attrs)
+    return ProviderError(f"the provider call to {url} failed{tries}: {type(exc).__name__}: {exc}")
 
 
 def _base_url(client: Any) -> str:
     return str(getattr(client, "base_url", "?"))
+
+
+_NO_SDK_RETRIES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _without_sdk_retries(client: Any) -> Any:
+    """The same client with the SDK's own retries off (ours are the only layer); cached."""
+    if getattr(client, "max_retries", 0) == 0 or not hasattr(client, "with_options"):
+        return client
+    try:
+        found = _NO_SDK_RETRIES.get(client)
+        if found is None:
+            found = _NO_SDK_RETRIES[client] = client.with_options(max_retries=0)
+        return found
+    except TypeError:  # not weak-referenceable
+        return client.with_options(max_retries=0)
 
 
 def _execute_sync(client: openai.OpenAI, call: Call) -> Any:
@@ -513,50 +664,149 @@ async def _execute_async(client: openai.AsyncOpenAI, call: Call) -> Any:
     return list((await client.models.list()).data)
 
 
+@dataclass
+class _Attempts:
+    """The bookkeeping of one flow's calls: billed usage of failed attempts, tries of the
+    current call. Pure decisions; the drivers only sleep and send."""
+
+    policy: _retry.RetryPolicy
+    retries: int
+    wasted: Usage = field(default_factory=Usage)
+    tries: int = 0
+
+    def start(self, call: Call) -> float | None:
+        """Seconds to wait before sending `call` (a flow's re-ask waits the backoff), or None
+        when a re-ask would pass the retry count."""
+        self.tries = 1
+        if call.retry <= 0:
+            return 0.0
+        if call.retry > self.retries:
+            return None
+        _retry.record_retry(call.reason or "degraded answer")
+        return _retry.backoff_delay(call.retry - 1, self.policy, u=_retry.jitter_u()) or 0.0
+
+    def failed(self, exc: BaseException) -> float | None:
+        """Seconds to wait before trying the failed call again, or None to give up."""
+        if isinstance(exc, _MALFORMED):
+            self.wasted = self.wasted + Usage(calls=1)  # billed, tokens unknown: body unreadable
+        reason = _retry.retry_reason(exc)
+        if reason is None or self.tries > self.retries:
+            return None
+        delay = _retry.backoff_delay(
+            self.tries - 1, self.policy, retry_after=_retry.exc_retry_after(exc), u=_retry.jitter_u()
+        )
+        if delay is not None:
+            self.tries += 1
+            _retry.record_retry(reason)
+        return delay
+
+    def result(self, value: Any) -> Any:
+        """The flow's result with the failed attempts' billed usage added."""
+        if self.wasted.calls and isinstance(getattr(value, "usage", None), Usage):
+            value.usage = value.usage + self.wasted
+        return value
+
+
+def _give_up(
+    exc: BaseException, client: Any, model: str, book: _Attempts, available: list[str] | None
+) -> BaseException:
+    if isinstance(exc, VASError) and not isinstance(exc, ProviderError):
+        return _scrubbed(exc, client)  # the request itself is wrong: nothing billed
+    return _scrubbed(translate_error(
+        exc, base_url=_base_url(client), model=model, available=available,
+        usage=book.wasted + (getattr(exc, "usage", None) or Usage()),
+        attempts=max(book.tries, getattr(exc, "attempts", 1) or 1),
+    ), client)
+
+
+def _scrubbed(err: BaseException, client: Any) -> BaseException:
+    """`err` with the client's secrets (API key, base-URL credentials) masked in its message,
+    whoever wrote it (flows such as the profile probe print the base URL)."""
+    text = str(err)
+    clean = redact_urls_in(redact_text(text, client_secrets(client)))
+    if clean != text:
+        err.args = (clean,)
+        if hasattr(err, "message"):
+            err.message = clean  # type: ignore[attr-defined]
+    return err
+
+
 def drive_sync(client: openai.OpenAI, flow: Flow, *, model: str) -> Any:
-    """Run `flow` against a sync client; SDK errors the flow does not handle become VAS errors.
+    """Run `flow` against a sync client, retrying transport failures (`vas_api.retry`).
 
     Raises:
-        ProviderConnectionError, ModelNotFoundError, ProviderError: see `translate_error`.
+        The SDK's exception type mixed with a VAS error (see `translate_error`):
+        ProviderConnectionError, ModelNotFoundError, MalformedResponseError, ProviderError;
+        NoLogprobsError. Each carries ``usage`` (billed attempts) and ``attempts``.
     """
+    policy = _retry.policy_for(client)
+    book = _Attempts(policy, policy.retries_for(client))
+    sdk = _without_sdk_retries(client)
     reply: Any = None
-    error: Exception | None = None
+    error: BaseException | None = None
     while True:
         try:
             call = flow.throw(error) if error is not None else flow.send(reply)
         except StopIteration as stop:
-            return stop.value
-        except openai.OpenAIError as exc:
-            available = _list_models_sync(client) if isinstance(exc, openai.NotFoundError) else None
-            raise translate_error(
-                exc, base_url=_base_url(client), model=model, available=available
-            ) from exc
-        try:
-            reply, error = _execute_sync(client, call), None
-        except openai.OpenAIError as exc:
-            reply, error = None, exc
+            return book.result(stop.value)
+        except (*_CALL_ERRORS, VASError) as exc:
+            available = _list_models_sync(sdk) if isinstance(exc, openai.NotFoundError) else None
+            err = _give_up(exc, client, model, book, available)
+            if err is exc:
+                raise
+            raise err from exc
+        delay = book.start(call)
+        if delay is None:
+            reply, error = None, _RetriesExhausted()
+            continue
+        while True:
+            if delay:
+                time.sleep(delay)
+            try:
+                reply, error = _execute_sync(sdk, call), None
+                break
+            except _CALL_ERRORS as exc:
+                delay = book.failed(exc)
+                if delay is None:
+                    reply, error = None, exc
+                    break
 
 
 async def drive_async(client: openai.AsyncOpenAI, flow: Flow, *, model: str) -> Any:
-    """The asyncio twin of `drive_sync` (same flow, awaited calls)."""
+    """The asyncio twin of `drive_sync` (same flow, same retries, awaited calls)."""
+    policy = _retry.policy_for(client)
+    book = _Attempts(policy, policy.retries_for(client))
+    sdk = _without_sdk_retries(client)
     reply: Any = None
-    error: Exception | None = None
+    error: BaseException | None = None
     while True:
         try:
             call = flow.throw(error) if error is not None else flow.send(reply)
         except StopIteration as stop:
-            return stop.value
-        except openai.OpenAIError as exc:
+            return book.result(stop.value)
+        except (*_CALL_ERRORS, VASError) as exc:
             available = (
-                await _list_models_async(client) if isinstance(exc, openai.NotFoundError) else None
+                await _list_models_async(sdk) if isinstance(exc, openai.NotFoundError) else None
             )
-            raise translate_error(
-                exc, base_url=_base_url(client), model=model, available=available
-            ) from exc
-        try:
-            reply, error = await _execute_async(client, call), None
-        except openai.OpenAIError as exc:
-            reply, error = None, exc
+            err = _give_up(exc, client, model, book, available)
+            if err is exc:
+                raise
+            raise err from exc
+        delay = book.start(call)
+        if delay is None:
+            reply, error = None, _RetriesExhausted()
+            continue
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                reply, error = await _execute_async(sdk, call), None
+                break
+            except _CALL_ERRORS as exc:
+                delay = book.failed(exc)
+                if delay is None:
+                    reply, error = None, exc
+                    break
 
 
 def _list_models_sync(client: openai.OpenAI) -> list[str] | None:

@@ -3,6 +3,13 @@
 `run` and `arun` are the sync and async loops around a sampler (STYLE.md: sans-IO core, thin
 shells). Value-model work in `arun` goes to a worker thread, one request at a time per value
 model (a value model keeps a KV cache and is not thread-safe), so the event loop stays free.
+
+Faults: the provider retries failed calls itself (`vas_api.retry`), so a sampler is only fed
+answers that arrived; committed tokens are never lost, and a call that fails for good raises
+the provider's error with ``partial`` (a `PartialOutput`: the text and tokens of every choice
+so far and the VASReport so far) and the billed usage of every attempt added to the sampler's.
+`run_all` / `arun_all` drive the n choices of one request; in `arun_all` a failing choice
+cancels its siblings at once (no API call after the error).
 """
 
 from __future__ import annotations
@@ -11,15 +18,18 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from ..types import AsyncProvider, Draft, Provider, ValueFunction
+from .. import retry as _retry
+from ..errors import ProviderError, VASError
+from ..types import AsyncProvider, Draft, Provider, Usage, ValueFunction
 from ..value_checks import checked_scores
-from .core import Call, CandidatesCall, DraftCall, ScoreCall, Scores, _SamplerBase
+from .core import Call, CandidatesCall, DraftCall, ScoreCall, Scores, Step, _SamplerBase
 
-__all__ = ["Timings", "score", "run", "arun"]
+__all__ = ["Timings", "PartialOutput", "score", "run", "arun", "run_all", "arun_all"]
 
 
 @dataclass
@@ -31,6 +41,36 @@ class Timings:
     total_s: float = 0.0
     api_calls: int = 0
     value_calls: int = 0
+    retries: int = 0
+    short_positions: int = 0
+
+
+@dataclass
+class PartialOutput:
+    """What a request had produced when a provider call failed for good.
+
+    Attributes:
+        texts: the response so far, per choice.
+        steps: the committed tokens, per choice.
+        finished: whether each choice had finished.
+        usage: billed tokens over every choice, failed attempts included.
+        report: the VASReport so far (a `vas_api.VASReport`).
+    """
+
+    texts: list[str]
+    steps: list[list[Step]]
+    finished: list[bool]
+    usage: Usage = field(default_factory=Usage)
+    report: Any = None
+
+    @property
+    def text(self) -> str:
+        """The first choice's text so far."""
+        return self.texts[0] if self.texts else ""
+
+    def __repr__(self) -> str:
+        lens = [len(s) for s in self.steps]
+        return f"PartialOutput(tokens={lens}, finished={self.finished}, usage={self.usage})"
 
 
 _LOCKS: dict[int, threading.Lock] = {}
@@ -74,15 +114,70 @@ def _as_array(v: object) -> np.ndarray:
 def _api(call: Call, provider: Provider) -> Draft:
     if isinstance(call, CandidatesCall):
         return provider.candidates(call.prefix, k=call.k)
-    assert isinstance(call, DraftCall)  # noqa: S101 - the sampler only makes these
+    if not isinstance(call, DraftCall):
+        raise VASError(f"the sampler asked for {type(call).__name__}, not an API call")
     return provider.draft(call.prefix, m=call.m, k=call.k, restrict_top_k=call.restrict_top_k)
 
 
 async def _aapi(call: Call, provider: AsyncProvider) -> Draft:
     if isinstance(call, CandidatesCall):
         return await provider.candidates(call.prefix, k=call.k)
-    assert isinstance(call, DraftCall)  # noqa: S101
+    if not isinstance(call, DraftCall):
+        raise VASError(f"the sampler asked for {type(call).__name__}, not an API call")
     return await provider.draft(call.prefix, m=call.m, k=call.k, restrict_top_k=call.restrict_top_k)
+
+
+def _short_positions(answer: Draft, k: int) -> int:
+    return sum(1 for p in answer.positions if len(p.candidates) < k)
+
+
+def _count_failure(sampler: _SamplerBase, exc: BaseException) -> None:
+    """Add the failed call's billed attempts (``exc.usage``) to the sampler's usage: they were
+    paid for, so the partial output's usage (and a later successful run's) includes them."""
+    usage = getattr(exc, "usage", None)
+    if isinstance(usage, Usage) and not getattr(exc, "_vas_counted", False):
+        sampler.state.usage = sampler.state.usage + usage
+        exc._vas_counted = True  # type: ignore[attr-defined] - one exception, counted once
+
+
+def _failed(exc: ProviderError, sampler: _SamplerBase, provider: Any, t: Timings, log: _retry.RetryLog) -> None:
+    """What `run` / `arun` do when a call fails for good: count it, attach the partial output."""
+    _count_failure(sampler, exc)
+    t.retries += log.retries
+    log.retries = 0
+    exc.partial = partial_output([sampler], provider, t)
+
+
+def partial_output(samplers: Sequence[_SamplerBase], provider: Any, timings: Timings | None = None) -> PartialOutput:
+    """The `PartialOutput` of `samplers` (with a VASReport built like the client's)."""
+    from ..report import VASReport
+    from .speculative import SpeculativeSampler
+
+    first = samplers[0]
+    mode = "speculative" if isinstance(first, SpeculativeSampler) else "token"
+    report = VASReport(mode=mode, model=str(getattr(provider, "model", "?")), k=first.settings.k,
+                       betas=tuple(first.settings.betas))
+    for s in samplers:
+        report.usage = report.usage + s.usage
+        report.traces.append(list(s.steps))
+        if isinstance(s, SpeculativeSampler):
+            report.drafted += s.drafted
+            report.tested += s.tested
+            report.accepted += s.accepted
+            report.resampled += s.resampled
+    if timings is not None:
+        report.api_calls = timings.api_calls
+        report.time_api_s, report.time_value_s, report.time_total_s = timings.api_s, timings.value_s, timings.total_s
+        for name in ("retries", "short_positions"):
+            if hasattr(report, name):
+                setattr(report, name, getattr(timings, name))
+    profile = getattr(provider, "profile", None)
+    if profile is not None:
+        report.cost_usd = profile.cost(report.usage)
+    return PartialOutput(
+        texts=[s.response for s in samplers], steps=[list(s.steps) for s in samplers],
+        finished=[s.done for s in samplers], usage=report.usage, report=report,
+    )
 
 
 def run(
@@ -95,23 +190,41 @@ def run(
     """Drive `sampler` to the end, synchronously. Returns where the time went.
 
     `pause_when`, checked after each answer, returns early when true (streaming: a call
-    again resumes the same sampler where it stopped)."""
+    again resumes the same sampler where it stopped).
+
+    Raises:
+        ProviderError (an instance of the SDK's exception class too) when a call fails after
+        its retries, with ``partial`` set (`PartialOutput`); the sampler keeps every committed
+        token and can be driven on with `run` again.
+    """
     t = timings or Timings()
     start = time.perf_counter()
-    while (call := sampler.next_request()) is not None:
-        t0 = time.perf_counter()
-        if isinstance(call, ScoreCall):
-            answer: Draft | Scores = score(call, value_fns, sampler.settings.betas)
-            t.value_s += time.perf_counter() - t0
-            t.value_calls += 1
-        else:
-            answer = _api(call, provider)
-            t.api_s += time.perf_counter() - t0
-            t.api_calls += 1
-        sampler.feed(answer)
-        if pause_when is not None and pause_when():
-            break
-    t.total_s += time.perf_counter() - start
+    log = _retry.RetryLog()
+    token = _retry.set_retry_log(log)
+    try:
+        while (call := sampler.next_request()) is not None:
+            t0 = time.perf_counter()
+            if isinstance(call, ScoreCall):
+                answer: Draft | Scores = score(call, value_fns, sampler.settings.betas)
+                t.value_s += time.perf_counter() - t0
+                t.value_calls += 1
+            else:
+                try:
+                    answer = _api(call, provider)
+                finally:
+                    t.api_s += time.perf_counter() - t0
+                    t.api_calls += 1
+                t.short_positions += _short_positions(answer, call.k)
+            sampler.feed(answer)
+            if pause_when is not None and pause_when():
+                break
+    except ProviderError as exc:
+        _failed(exc, sampler, provider, t, log)
+        raise
+    finally:
+        _retry.reset_retry_log(token)
+        t.total_s += time.perf_counter() - start
+    t.retries += log.retries
     return t
 
 
@@ -123,21 +236,98 @@ async def arun(
     pause_when: Callable[[], bool] | None = None,
 ) -> Timings:
     """Drive `sampler` to the end on the event loop; value scoring runs in a worker thread.
-    `pause_when` as in `run`."""
+    `pause_when` as in `run`.
+
+    Raises:
+        as `run`.
+    """
     t = timings or Timings()
     start = time.perf_counter()
-    while (call := sampler.next_request()) is not None:
-        t0 = time.perf_counter()
-        if isinstance(call, ScoreCall):
-            answer: Draft | Scores = await asyncio.to_thread(score, call, value_fns, sampler.settings.betas)
-            t.value_s += time.perf_counter() - t0
-            t.value_calls += 1
-        else:
-            answer = await _aapi(call, provider)
-            t.api_s += time.perf_counter() - t0
-            t.api_calls += 1
-        sampler.feed(answer)
-        if pause_when is not None and pause_when():
-            break
-    t.total_s += time.perf_counter() - start
+    log = _retry.RetryLog()
+    token = _retry.set_retry_log(log)
+    try:
+        while (call := sampler.next_request()) is not None:
+            t0 = time.perf_counter()
+            if isinstance(call, ScoreCall):
+                answer: Draft | Scores = await asyncio.to_thread(score, call, value_fns, sampler.settings.betas)
+                t.value_s += time.perf_counter() - t0
+                t.value_calls += 1
+            else:
+                try:
+                    answer = await _aapi(call, provider)
+                finally:
+                    t.api_s += time.perf_counter() - t0
+                    t.api_calls += 1
+                t.short_positions += _short_positions(answer, call.k)
+            sampler.feed(answer)
+            if pause_when is not None and pause_when():
+                break
+    except ProviderError as exc:
+        _failed(exc, sampler, provider, t, log)
+        raise
+    finally:
+        _retry.reset_retry_log(token)
+        t.total_s += time.perf_counter() - start
+    t.retries += log.retries
     return t
+
+
+def run_all(
+    samplers: Sequence[_SamplerBase],
+    provider: Provider,
+    value_fns: Sequence[ValueFunction],
+    timings: Timings,
+) -> Timings:
+    """Drive the n choices of one request one after another (one shared `timings`).
+
+    Raises:
+        as `run`, with ``partial`` covering every choice (finished ones included).
+    """
+    try:
+        for s in samplers:
+            run(s, provider, value_fns, timings)
+    except ProviderError as exc:
+        exc.partial = partial_output(samplers, provider, timings)
+        raise
+    return timings
+
+
+async def arun_all(
+    samplers: Sequence[_SamplerBase],
+    provider: AsyncProvider,
+    value_fns: Sequence[ValueFunction],
+    timings: Sequence[Timings],
+) -> None:
+    """Drive the n choices of one request concurrently (one `Timings` each).
+
+    The first choice that fails cancels the others at once, so no API call is made after
+    the error (a call already in flight is abandoned); cancelling the caller cancels all.
+
+    Raises:
+        the first failure (as `run`), with ``partial`` covering every choice.
+    """
+    tasks = [asyncio.ensure_future(arun(s, provider, value_fns, t)) for s, t in zip(samplers, timings, strict=True)]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    failed = [task for task in tasks if task in done and not task.cancelled() and task.exception() is not None]
+    if not failed:
+        return
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in failed[1:]:
+        task.exception()  # retrieved: no "exception was never retrieved" warning
+    exc = failed[0].exception()
+    if isinstance(exc, ProviderError):
+        total = Timings(
+            api_s=sum(t.api_s for t in timings), value_s=sum(t.value_s for t in timings),
+            api_calls=sum(t.api_calls for t in timings), retries=sum(t.retries for t in timings),
+            short_positions=sum(t.short_positions for t in timings),
+        )
+        exc.partial = partial_output(samplers, provider, total)
+    raise exc  # type: ignore[misc]
