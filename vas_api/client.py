@@ -176,6 +176,7 @@ class _Base:
         elif restrict and not provider.profile.top_k_param:
             raise CapabilityError(f"{provider.profile.name} takes no top_k parameter; set restrict_top_k=False.")
         prompt_text = provider.prompt_text(prompt)
+        by_ids = _continues_with_ids(provider, prompt)
         n = sdk.get("n") or 1
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"n = {n!r}: use a positive integer.")
@@ -183,7 +184,7 @@ class _Base:
         for i in range(n):
             s = settings if settings.seed is None or i == 0 else _reseed(settings, settings.seed + i)
             if mode == "token":
-                samplers.append(TokenSampler(s, Prefix(prompt), prompt_text))
+                samplers.append(TokenSampler(s, Prefix(prompt), prompt_text, by_ids=by_ids))
             else:
                 # The acceptance rate depends on all of these; the bounds must follow the request.
                 key = (model, betas, restrict, settings.temperature, settings.top_p, s.draft_min, s.draft_max)
@@ -191,7 +192,8 @@ class _Base:
                     m_min=s.draft_min, m_max=s.draft_max,
                     price_prompt=provider.profile.price_prompt, price_completion=provider.profile.price_completion,
                 ))
-                samplers.append(SpeculativeSampler(s, Prefix(prompt), prompt_text, restrict_top_k=restrict, policy=policy))
+                samplers.append(SpeculativeSampler(
+                    s, Prefix(prompt), prompt_text, restrict_top_k=restrict, policy=policy, by_ids=by_ids))
         report = VASReport(mode=mode, model=model, k=settings.k, betas=betas)
         return provider, value_fns, samplers, report
 
@@ -205,6 +207,7 @@ class _Base:
                 report.tested += s.tested
                 report.accepted += s.accepted
                 report.resampled += s.resampled
+        report.continuation = "token_ids" if all(s.continuation == "token_ids" for s in samplers) else "text"
         report.api_calls = timings.api_calls
         report.cost_usd = provider.profile.cost(report.usage)
         report.time_api_s, report.time_value_s, report.time_total_s = timings.api_s, timings.value_s, timings.total_s
@@ -365,3 +368,9 @@ def _response(kind: str, model: str, samplers: list[_SamplerBase], report: VASRe
     resp.vas = report
     return resp
 
+
+def _continues_with_ids(provider: Any, prompt: Prompt) -> bool:
+    """Whether `provider` continues partial responses with token ids (it says so through an
+    optional ``continues_with_ids(prompt)``; providers without it continue with text)."""
+    ask = getattr(provider, "continues_with_ids", None)
+    return bool(ask(prompt)) if callable(ask) else False

@@ -33,6 +33,9 @@ class VASReport:
             tested: they are the wasted ones.
         time_api_s, time_value_s, time_total_s: wall time waiting for the API, in the value
             models, and in all.
+        continuation: "token_ids" when every call continued the response with the token ids
+            the base produced, "text" when (some of) it was sent as text for the server to
+            re-tokenize (DESIGN.md section 7).
     """
 
     mode: str
@@ -50,6 +53,7 @@ class VASReport:
     time_api_s: float = 0.0
     time_value_s: float = 0.0
     time_total_s: float = 0.0
+    continuation: str = "text"
 
     @property
     def tokens(self) -> int:
@@ -74,7 +78,7 @@ class VASReport:
     def summary(self) -> str:
         """One line: mode, tokens, calls, billed tokens, cost, time split."""
         parts = [
-            f"{self.mode} k={self.k} betas={list(self.betas)}",
+            f"{self.mode} k={self.k} betas={list(self.betas)} continuation={self.continuation}",
             f"{self.tokens} tokens",
             f"{self.api_calls} API calls ({self.calls_per_token:.2f}/token)",
             f"billed {self.usage.prompt_tokens}+{self.usage.completion_tokens} tokens",

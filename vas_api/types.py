@@ -182,6 +182,10 @@ class ProviderProfile:
         n_param: one call can return n > 1 completions.
         price_prompt: USD per million prompt tokens (0 for a local server).
         price_completion: USD per million completion tokens.
+        token_id_prompts: /v1/completions takes the prompt as a list of token ids and the
+            server can tokenize text (llama-server's /tokenize, the exact local server's
+            /extras/tokenize, vLLM), so partial responses are continued with the ids the base
+            produced instead of re-tokenized text (DESIGN.md section 7).
     """
 
     name: str
@@ -192,6 +196,7 @@ class ProviderProfile:
     n_param: bool = False
     price_prompt: float = 0.0
     price_completion: float = 0.0
+    token_id_prompts: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def modes(self) -> list[str]:

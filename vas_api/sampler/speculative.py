@@ -6,6 +6,17 @@ is the distribution the draft was sampled from and p the token-mode target; on t
 rejection a token is drawn from r ~ max(0, p - q) and the rest of the draft is dropped. This is
 speculative sampling (Leviathan et al. 2023; Chen et al. 2023): every committed token has
 exactly the token-mode distribution.
+
+Exactly equal to `TokenSampler` for the target of `vas_api.sampler.target`, provided both
+condition each position on the same context: with token-id continuation they do (the draft's
+positions follow the server's own ids, and token mode sends those same ids); with text
+continuation the server re-tokenizes token mode's text, so the two agree only where the text
+re-tokenizes to the drafted ids (DESIGN.md section 7).
+Byte fragments: the pending bytes are carried along the drafted path, so a drafted fragment is
+an option exactly when it would be one in token mode. A drafted position that offers no option
+(all fragments under text continuation) ends the draft before it, untested: the next request
+starts there; when that is the first position, the base's own character is taken through a
+token-mode step, so both modes take it from the same unrestricted call.
 """
 
 from __future__ import annotations
@@ -16,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..types import Draft, Prefix
-from .core import Call, DraftCall, Scores, TokenSampler, _SamplerBase
+from .core import _BASE, Call, DraftCall, Scores, TokenSampler, _SamplerBase
 from .settings import SamplerSettings
-from .target import Options, options_of
+from .target import Options
 
 __all__ = ["DraftLengthPolicy", "SpeculativeSampler", "expected_tokens_per_call"]
 
@@ -96,6 +107,7 @@ class SpeculativeSampler(_SamplerBase):
             the candidates (every drafted token is then a candidate).
         policy: draft-length policy (its acceptance estimate persists across requests when
             the caller passes the same object).
+        by_ids: the provider continues with token ids (`Prefix.response_ids`).
     """
 
     def __init__(
@@ -106,8 +118,9 @@ class SpeculativeSampler(_SamplerBase):
         *,
         restrict_top_k: bool,
         policy: DraftLengthPolicy | None = None,
+        by_ids: bool = False,
     ) -> None:
-        super().__init__(settings, prefix, prompt_text)
+        super().__init__(settings, prefix, prompt_text, by_ids=by_ids)
         self.restrict_top_k = restrict_top_k
         self.policy = policy or DraftLengthPolicy(m_min=settings.draft_min, m_max=settings.draft_max)
         self.drafted = 0  # tokens the server drafted
@@ -153,23 +166,38 @@ class SpeculativeSampler(_SamplerBase):
         if not draft.positions:
             # The server stopped without reporting a position (end of sequence it does not
             # show): ask for this one position's candidates instead (token mode, same target).
-            fallback = TokenSampler(self.settings, self._prefix(), self.prompt_text)
-            fallback.rng, fallback.state = self.rng, self.state  # shared: one response, one rng
-            self._fallback = fallback
+            self._fall_back()
             return
         self.drafted += len(draft.positions)
         # Only positions up to the first drafted token that cannot be kept need scoring:
         # a token that is not a usable candidate has p = 0 and is always rejected.
         options: list[Options] = []
+        pending = self.state.tail
         for pos in draft.positions:
-            opts = options_of(pos)
+            opts = self._options_at(pos, pending)
+            if not len(opts):
+                break  # no option here: the draft ends before this position
             options.append(opts)
             x = opts.index(pos.sampled)
             if x is None or opts.candidates[x].special:
                 break
+            pending = opts.tails[x]
+        if not options:
+            # The first position offers no option: the base's own next character, through the
+            # same token-mode step (one unrestricted short draft) as in token mode.
+            self._fall_back(base_character=True)
+            return
         self._draft, self._options = draft, options
         if not self.settings.steered:
             self._verify([])
+
+    def _fall_back(self, base_character: bool = False) -> None:
+        """Hand the next token to a token-mode step that shares this sampler's state and rng."""
+        fallback = TokenSampler(self.settings, self._prefix(), self.prompt_text)
+        fallback.rng, fallback.state = self.rng, self.state  # shared: one response, one rng
+        if base_character:
+            fallback._pending = _BASE
+        self._fallback = fallback
 
     def _feed_fallback(self, answer: Draft | Scores) -> None:
         tokens = self.state.tokens
@@ -195,7 +223,7 @@ class SpeculativeSampler(_SamplerBase):
             if x is not None and self.rng.random() * q[x] < probs[x]:  # u < p(x) / q(x)
                 accepted += 1
                 self.accepted += 1
-                self._commit(opts, x, probs, shift, "accepted")
+                self._commit(opts, x, probs, shift, "accepted", token=pos.sampled)
                 if self.done:
                     break
                 continue
