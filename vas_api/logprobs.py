@@ -147,7 +147,8 @@ def merge_candidates(entries: Iterable[Candidate], k: int | None = None) -> tupl
             merged[c.raw] = c
         else:
             merged[c.raw] = Candidate(
-                c.raw, _logsumexp(prev.logprob, c.logprob), prev.special or c.special
+                c.raw, _logsumexp(prev.logprob, c.logprob), prev.special or c.special,
+                prev.id if prev.id == c.id else None,
             )
     ranked = sorted(merged.values(), key=lambda c: -c.logprob)
     return tuple(ranked if k is None else ranked[:k])
@@ -275,6 +276,13 @@ def _recover_sampled_text(
     return [text[a:b] for a, b in zip(rel, ends, strict=True)]
 
 
+def _with_id(c: Candidate | None, token_id: Any) -> Candidate | None:
+    # The chat shape's optional ``id`` (llama-server, vas-api's exact local server).
+    if c is None or not isinstance(token_id, int) or isinstance(token_id, bool):
+        return c
+    return Candidate(c.raw, c.logprob, c.special, int(token_id))
+
+
 def parse_chat(
     content: Sequence[Any] | None,
     *,
@@ -303,14 +311,15 @@ def parse_chat(
             lp = _field(top, "logprob")
             if is_sentinel(lp):
                 continue
-            entries.append(
-                _candidate(str(_field(top, "token", "")), lp, _field(top, "bytes"), specials)
-            )
+            entries.append(_with_id(
+                _candidate(str(_field(top, "token", "")), lp, _field(top, "bytes"), specials),
+                _field(top, "id"),
+            ))
         token = str(_field(item, "token", ""))
-        sampled = _sampled(
+        sampled = _with_id(_sampled(
             token, _field(item, "logprob"), _field(item, "bytes"), specials,
             i, len(items), finish_reason, None,
-        )
+        ), _field(item, "id"))
         positions.append(Position(merge_candidates(entries, k), sampled))
     return positions
 

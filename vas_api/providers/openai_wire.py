@@ -37,6 +37,7 @@ __all__ = [
     "Target",
     "neutral_sampler_params",
     "prefix_target",
+    "takes_id_prompts",
     "candidates_flow",
     "draft_flow",
     "sample_flow",
@@ -72,12 +73,23 @@ Flow = Generator[Call, Any, Any]
 
 @dataclass(frozen=True)
 class Target:
-    """How a prefix is sent: raw text to /v1/completions, or messages to chat."""
+    """How a prefix is sent: raw text (or token ids) to /v1/completions, or messages to chat.
+
+    `ids`, when set, is what goes out as the completions ``prompt`` (a list of token ids:
+    llama.cpp's server, the exact local server, vLLM and OpenAI legacy completions take it);
+    `prompt` is then the same prefix as text, for messages and logs only.
+    """
 
     kind: Literal["completions", "chat"]
     prompt: str = ""
     messages: tuple[dict[str, Any], ...] = ()
     extra_body: dict[str, Any] = field(default_factory=dict)
+    ids: tuple[int, ...] | None = None
+
+    @property
+    def continuation(self) -> str:
+        """"token_ids" or "text": how this target sends the response so far."""
+        return "token_ids" if self.ids is not None else "text"
 
 
 # -- sampler settings ----------------------------------------------------------------------
@@ -185,15 +197,30 @@ def check_prompt(prompt: Any) -> None:
     _check_messages(prompt)
 
 
+def takes_id_prompts(profile: ProviderProfile) -> bool:
+    """Whether /v1/completions of this endpoint takes the prompt as a list of token ids: the
+    profile says so, or it is vas-api's exact llama-cpp-python server (`vas_api._llama_server`
+    accepts id prompts; the stock llama-cpp-python server does not)."""
+    return bool(profile.token_id_prompts or profile.extra.get("exact_logprobs"))
+
+
 def prefix_target(
-    profile: ProviderProfile, prefix: Prefix, render: Callable[[Any], str]
+    profile: ProviderProfile,
+    prefix: Prefix,
+    render: Callable[[Any], str],
+    prompt_ids: Sequence[int] | None = None,
 ) -> Target:
     """Decide how `prefix` is sent to this endpoint.
 
+    Token ids go out (prompt ids + `prefix.response_ids`) when the profile says the endpoint
+    takes id prompts, the prompt's ids are known and the response's ids are; otherwise text,
+    which the server re-tokenizes (DESIGN.md section 7).
+
     Args:
-        profile: the endpoint (its ``continuation`` decides).
+        profile: the endpoint (its ``continuation`` and ``token_id_prompts`` decide).
         prefix: the prompt and the response so far.
         render: the provider's ``prompt_text`` (renders chat with the chat template).
+        prompt_ids: the server's token ids of ``render(prefix.prompt)``, when known.
 
     Raises:
         ConfigError: the prompt is empty or malformed.
@@ -202,6 +229,16 @@ def prefix_target(
     check_prompt(prefix.prompt)
     prompt, response, cont = prefix.prompt, prefix.response, profile.continuation
     has_completions = cont == "completions" or bool(profile.extra.get("completions"))
+    if (
+        has_completions
+        and (isinstance(prompt, str) or cont == "completions")
+        and takes_id_prompts(profile)
+        and prompt_ids is not None
+        and prefix.response_ids is not None
+    ):
+        text = prompt if isinstance(prompt, str) else render(prompt)
+        ids = tuple(int(i) for i in prompt_ids) + tuple(int(i) for i in prefix.response_ids)
+        return Target("completions", prompt=text + response, ids=ids)
     if isinstance(prompt, str) and has_completions:
         return Target("completions", prompt=prompt + response)
     if cont == "completions":
@@ -254,7 +291,8 @@ def _call(
     if seed is not None:
         kwargs["seed"] = seed
     if target.kind == "completions":
-        kwargs.update(prompt=target.prompt, max_tokens=max_tokens)
+        prompt = list(target.ids) if target.ids is not None else target.prompt
+        kwargs.update(prompt=prompt, max_tokens=max_tokens)
         if logprobs_k is not None:
             kwargs["logprobs"] = logprobs_k
     else:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..types import Draft, Prefix
-from .core import _BASE, Call, DraftCall, Scores, TokenSampler, _SamplerBase
+from .core import _BASE, Call, CandidatesCall, DraftCall, Scores, TokenSampler, _SamplerBase
 from .settings import SamplerSettings
 from .target import Options
 
@@ -131,6 +131,10 @@ class SpeculativeSampler(_SamplerBase):
         self._draft: Draft | None = None
         self._options: list[Options] = []
         self._fallback: TokenSampler | None = None
+        # A draft cut by an end-of-sequence the server sampled but did not report: that
+        # position's drafted token is known (EOS), so it still goes through the accept test,
+        # on the candidates of one candidates call (None: none pending; False: call not made).
+        self._eos_test: Options | bool | None = None
 
     @property
     def wasted(self) -> int:
@@ -142,33 +146,48 @@ class SpeculativeSampler(_SamplerBase):
             return None
         if self._fallback is not None:
             return self._fallback.next_request()
-        if self._draft is None:
-            remaining = self.settings.max_tokens - self.state.tokens
-            m = self.policy.choose(self._prompt_tokens + self.state.tokens, remaining)
-            return DraftCall(self._prefix(), m, self.settings.k, self.restrict_top_k)
-        path = tuple(o.texts[o.index(p.sampled)] for o, p in zip(self._options[:-1], self._draft.positions, strict=False))
-        return self._score_call(path, self._options)
+        if self._draft is not None:
+            path = tuple(
+                o.texts[o.index(p.sampled)]  # type: ignore[index]
+                for o, p in zip(self._options[:-1], self._draft.positions, strict=False)
+            )
+            return self._score_call(path, self._options)
+        if self._eos_test is False:
+            return CandidatesCall(self._prefix(), self.settings.k)
+        if isinstance(self._eos_test, Options):
+            return self._score_call((), [self._eos_test])
+        remaining = self.settings.max_tokens - self.state.tokens
+        m = self.policy.choose(self._prompt_tokens + self.state.tokens, remaining)
+        return DraftCall(self._prefix(), m, self.settings.k, self.restrict_top_k)
 
     def feed(self, answer: Draft | Scores) -> None:
         if self._fallback is not None:
             self._feed_fallback(answer)
-        elif self._draft is None:
-            self._expect(answer, Draft)
-            self._take_draft(answer)  # type: ignore[arg-type]
-        else:
+        elif self._draft is not None:
             self._expect(answer, list)
             self._verify(answer)  # type: ignore[arg-type]
+        elif self._eos_test is not None:
+            self._feed_eos_test(answer)
+        else:
+            self._expect(answer, Draft)
+            self._take_draft(answer)  # type: ignore[arg-type]
 
     # -- internals ------------------------------------------------------------------------
     def _take_draft(self, draft: Draft) -> None:
         self._add_usage(draft)
         self._prompt_tokens = max(1, draft.usage.prompt_tokens - self.state.tokens)
+        # llama-cpp-python's stock server stops at a sampled end-of-sequence without reporting
+        # its position: fewer than m positions, finish "stop", the last one not EOS.
+        last = draft.positions[-1].sampled if draft.positions else None
+        eos_unreported = draft.finish_reason == "stop" and not (last is not None and last.special)
         if not draft.positions:
-            # The server stopped without reporting a position (end of sequence it does not
-            # show): ask for this one position's candidates instead (token mode, same target).
-            self._fall_back()
+            if eos_unreported:
+                self.drafted += 1
+                self._eos_test = False  # test the drafted EOS at this position
+            else:
+                self._fall_back()
             return
-        self.drafted += len(draft.positions)
+        self.drafted += len(draft.positions) + int(eos_unreported)
         # Only positions up to the first drafted token that cannot be kept need scoring:
         # a token that is not a usable candidate has p = 0 and is always rejected.
         options: list[Options] = []
@@ -182,7 +201,10 @@ class SpeculativeSampler(_SamplerBase):
             if x is None or opts.candidates[x].special:
                 break
             pending = opts.tails[x]
+        if eos_unreported and len(options) == len(draft.positions):
+            self._eos_test = True  # after the reported positions, if all are kept
         if not options:
+            self._eos_test = None
             # The first position offers no option: the base's own next character, through the
             # same token-mode step (one unrestricted short draft) as in token mode.
             self._fall_back(base_character=True)
@@ -198,6 +220,46 @@ class SpeculativeSampler(_SamplerBase):
         if base_character:
             fallback._pending = _BASE
         self._fallback = fallback
+
+    def _feed_eos_test(self, answer: Draft | Scores) -> None:
+        if self._eos_test is False:
+            self._expect(answer, Draft)
+            self._add_usage(answer)  # type: ignore[arg-type]
+            if not answer.positions:  # type: ignore[union-attr]
+                self._eos_test = None
+                self.state.finish_reason = answer.finish_reason or "stop"  # type: ignore[union-attr]
+                return
+            opts = self._options_at(answer.positions[0])  # type: ignore[union-attr]
+            if not len(opts):
+                self._eos_test = None
+                self._fall_back(base_character=True)
+                return
+            self._eos_test = opts
+            if self.settings.steered:
+                return
+            answer = []
+        else:
+            self._expect(answer, list)
+        opts, self._eos_test = self._eos_test, None
+        probs, shift = self._target(opts, [per_model[0] for per_model in answer])  # type: ignore[union-attr, arg-type]
+        q = self._q(opts)  # type: ignore[arg-type]
+        x = next((i for i, c in enumerate(opts.candidates) if c.special), None)  # type: ignore[union-attr]
+        self.tested += 1
+        if x is not None and self.rng.random() * q[x] < probs[x]:
+            self.accepted += 1
+            self.policy.update(1, 1)
+            self._commit(opts, x, probs, shift, "accepted")  # type: ignore[arg-type]
+            return
+        self.policy.update(1, 0)
+        self._resample(opts, probs, q, shift)  # type: ignore[arg-type]
+
+    def _resample(self, opts: Options, probs: np.ndarray, q: np.ndarray, shift: np.ndarray) -> None:
+        residual = np.maximum(probs - q, 0.0)
+        total = residual.sum()
+        r = residual / total if total > 1e-12 else probs
+        i = int(self.rng.choice(len(r), p=r))
+        self.resampled += 1
+        self._commit(opts, i, probs, shift, "resampled")
 
     def _feed_fallback(self, answer: Draft | Scores) -> None:
         tokens = self.state.tokens
@@ -227,12 +289,11 @@ class SpeculativeSampler(_SamplerBase):
                 if self.done:
                     break
                 continue
-            residual = np.maximum(probs - q, 0.0)
-            total = residual.sum()
-            r = residual / total if total > 1e-12 else probs
-            i = int(self.rng.choice(len(r), p=r))
-            self.resampled += 1
-            self._commit(opts, i, probs, shift, "resampled")
+            self._resample(opts, probs, q, shift)
             break
+        if self._eos_test is not None and (self.done or accepted < len(options)):
+            self._eos_test = None  # a rejection (or the end) came first: the EOS is moot
+        elif self._eos_test is True:
+            self._eos_test = False
         self.tested += tested
         self.policy.update(tested, accepted)
