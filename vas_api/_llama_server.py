@@ -37,7 +37,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["token_key", "exact_logprobs", "patch", "accept_id_prompts", "main"]
+__all__ = ["token_key", "exact_logprobs", "patch", "accept_id_prompts", "report_content", "main"]
 
 
 def token_key(raw: bytes) -> str:
@@ -191,15 +191,34 @@ def accept_id_prompts(request_cls: Any) -> bool:
     return True
 
 
+def report_content(logprobs_cls: Any) -> bool:
+    """Let the server's response model keep the ``content`` list `exact_logprobs` adds (FastAPI
+    serializes a completion through the ``CompletionLogprobs`` TypedDict, which drops unknown
+    keys). Must run before ``llama_cpp.server.app`` is imported. Returns False when the class
+    is not the expected TypedDict."""
+    from typing import Dict, List, NotRequired  # noqa: UP035
+
+    if not isinstance(getattr(logprobs_cls, "__annotations__", None), dict) or not hasattr(
+        logprobs_cls, "__optional_keys__"
+    ):
+        return False
+    logprobs_cls.__annotations__["content"] = NotRequired[List[Dict[str, Any]]]  # noqa: UP006
+    logprobs_cls.__optional_keys__ = frozenset(logprobs_cls.__optional_keys__ | {"content"})
+    return True
+
+
 def main() -> None:
     """Patch llama_cpp.Llama and the request type, then run llama-cpp-python's server main()."""
     import llama_cpp
+    import llama_cpp.llama_types as llama_types
     import llama_cpp.server.types as server_types
 
     if "llama_cpp.server.app" in sys.modules or not accept_id_prompts(
         server_types.CreateCompletionRequest
     ):
         print("vas-api: this llama-cpp-python server keeps text-only prompts.", file=sys.stderr)
+    if "llama_cpp.server.app" in sys.modules or not report_content(llama_types.CompletionLogprobs):
+        print("vas-api: this llama-cpp-python server cannot report token ids.", file=sys.stderr)
     from llama_cpp.server.__main__ import main as server_main
 
     if not patch(llama_cpp.Llama):
