@@ -15,6 +15,7 @@ Writes benchmarks/results/servers_benchmark.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import sys
 import time
 import traceback
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,6 +59,65 @@ def llama_server_binary() -> str | None:
         path = note.read_text().strip()
         return path if Path(path).is_file() else None
     return None
+
+
+class _BareLlamaServer:
+    """A minimal llama-server launcher for checkouts without `vas_api.local.LlamaServer` (the
+    `servers` work's launcher, used when present): free port, readiness wait, hand-made profile
+    (chat-shape logprobs with ids, id prompts, /tokenize, top_k)."""
+
+    model = "smollm2-135m-instruct"
+
+    def __init__(self, binary: str) -> None:
+        from vas_api.local import find_smollm2_gguf
+
+        self.binary, self.gguf_path = binary, find_smollm2_gguf()
+
+    def __enter__(self):
+        import socket
+        import subprocess
+
+        import httpx
+
+        from vas_api.types import ProviderProfile
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, "LD_LIBRARY_PATH": str(Path(self.binary).parent)}
+        self.log = open(f"/tmp/llama-server-bench-{port}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [self.binary, "-m", str(self.gguf_path), "--host", "127.0.0.1", "--port", str(port), "-t", "1",
+             "--alias", self.model, "-c", "2048"], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        for _ in range(600):
+            try:
+                if httpx.get(self.base_url + "/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"llama-server did not start; see {self.log.name}")
+        from vas_api.logprobs import DEFAULT_SPECIAL_TOKENS
+
+        self.profile = ProviderProfile(
+            name="llama.cpp server", max_top_k=None, logprob_shape="chat", continuation="completions",
+            top_k_param=True, n_param=False, token_id_prompts=True,
+            extra={"sampler_dialect": "llama.cpp", "family": "llama.cpp",
+                   "special_tokens": sorted(DEFAULT_SPECIAL_TOKENS)},
+        )
+        return self
+
+    def client(self, **kw):
+        import openai
+
+        return openai.OpenAI(base_url=self.base_url, api_key="none", **kw)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
 
 
 def run_server(name: str, client, model: str, options: dict, args, value, reward) -> dict:
@@ -126,25 +187,29 @@ def main() -> None:
     from vas_api.commands.generate import local_options
     from vas_api.local import LocalServer
 
-    value, reward = PrefixRewardValue("vader"), VaderReward()
-    results = []
-    with LocalServer() as server:
-        client = server.client(max_retries=0, timeout=300)
-        results.append(run_server("llama-cpp-python (vas-api exact reporter)", client, server.model,
-                                  local_options(server), args, value, reward))
+    reward = VaderReward()
     binary = llama_server_binary()
+    launchers: list[tuple[str, object, bool]] = [
+        ("llama-cpp-python (vas-api exact reporter)", LocalServer(), True)]
+    if binary is not None:
+        try:
+            from vas_api.local import LlamaServer  # the `servers` work's launcher
+        except ImportError:
+            launchers.append(("llama-server", _BareLlamaServer(binary), False))
+        else:
+            launchers.append(("llama-server", LlamaServer(), False))
+    # Both servers at once, one thread each (each server is single-threaded, -t 1).
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(launchers)) as pool:
+        jobs = []
+        for name, launcher, embedded in launchers:
+            srv = stack.enter_context(launcher)  # type: ignore[arg-type]
+            client = srv.client(max_retries=0, timeout=300)
+            opts = local_options(srv) if embedded else {"profile": srv.profile, "chat_template": str(srv.gguf_path)}
+            jobs.append(pool.submit(run_server, name, client, srv.model, opts, args,
+                                    PrefixRewardValue("vader"), reward))
+        results = [j.result() for j in jobs]
     if binary is None:
         results.append({"server": "llama-server", "skipped": "no llama-server binary on this machine yet"})
-    else:
-        try:
-            from vas_api.local import LlamaServer  # built by the `servers` work
-        except ImportError:
-            results.append({"server": "llama-server", "skipped": "vas_api.local.LlamaServer not available"})
-        else:
-            with LlamaServer() as ls:
-                client = ls.client(max_retries=0, timeout=300)
-                opts = {"profile": ls.profile, "chat_template": str(ls.gguf_path)}
-                results.append(run_server("llama-server", client, ls.model, opts, args, value, reward))
     out = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({os.cpu_count()} cores, shared, busy)",
