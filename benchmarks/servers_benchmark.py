@@ -181,6 +181,8 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--servers", default="llama-cpp-python,llama-server",
+                    help="comma-separated: llama-cpp-python, llama-server (default both, in one run)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/servers_benchmark.json"))
     args = ap.parse_args()
 
@@ -189,9 +191,11 @@ def main() -> None:
 
     reward = VaderReward()
     binary = llama_server_binary()
-    launchers: list[tuple[str, object, bool]] = [
-        ("llama-cpp-python (vas-api exact reporter)", LocalServer(), True)]
-    if binary is not None:
+    wanted = {x.strip() for x in args.servers.split(",")}
+    launchers: list[tuple[str, object, bool]] = []
+    if "llama-cpp-python" in wanted:
+        launchers.append(("llama-cpp-python (vas-api exact reporter)", LocalServer(), True))
+    if binary is not None and "llama-server" in wanted:
         try:
             from vas_api.local import LlamaServer  # the `servers` work's launcher
         except ImportError:
@@ -199,7 +203,7 @@ def main() -> None:
         else:
             launchers.append(("llama-server", LlamaServer(), False))
     # Both servers at once, one thread each (each server is single-threaded, -t 1).
-    with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(launchers)) as pool:
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(max(1, len(launchers))) as pool:
         jobs = []
         for name, launcher, embedded in launchers:
             srv = stack.enter_context(launcher)  # type: ignore[arg-type]
@@ -208,7 +212,7 @@ def main() -> None:
             jobs.append(pool.submit(run_server, name, client, srv.model, opts, args,
                                     PrefixRewardValue("vader"), reward))
         results = [j.result() for j in jobs]
-    if binary is None:
+    if binary is None and "llama-server" in wanted:
         results.append({"server": "llama-server", "skipped": "no llama-server binary on this machine yet"})
     out = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
