@@ -104,3 +104,25 @@ def test_a_failing_tokenizer_is_a_clear_error(respx_mock):
     p = OpenAICompatProvider(client(), "m", profile=LLAMA_SERVER, chat_template=TEMPLATE)
     with pytest.raises(ProviderError, match="token_id_prompts=False"):
         p.candidates(Prefix("hi", "", ()), k=2)
+
+
+# -- the target's options (pure) ------------------------------------------------------------------
+
+
+def test_fragments_are_options_only_by_ids_and_never_end():
+    from vas_api.sampler.target import decode_step, options_of
+    from vas_api.types import Candidate, Position
+
+    frag, whole, eos = Candidate(b"\xf0\x9f", -0.5, id=5), Candidate(b" a", -1.0, id=6), Candidate(b"", -2.0, True, 0)
+    pos = Position((frag, whole, eos))
+    by_ids = options_of(pos, by_ids=True)
+    assert [c.id for c in by_ids.candidates] == [5, 6, 0]
+    assert by_ids.texts == ("", " a", "") and by_ids.tails[0] == b"\xf0\x9f"
+    assert not by_ids.candidates[0].special
+    as_text = options_of(pos)
+    assert [c.id for c in as_text.candidates] == [6, 0]
+    assert len(options_of(Position((frag,)))) == 0  # all fragments, text: no option, no error
+    # Completing a character: the fragment adds the whole character to the decoded text.
+    done = options_of(Position((Candidate(b"\x9a\xa8", -0.1, id=7),)), b"\xf0\x9f", by_ids=True)
+    assert done.texts == ("🚨",) and done.tails == (b"",)
+    assert decode_step(b"\xf0", b"a") == ("\ufffda", b"")  # can never complete: U+FFFD
