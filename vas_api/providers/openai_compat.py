@@ -107,6 +107,8 @@ class _Core:
             specials.update(self.chat_template.end_tokens)
         self.special_tokens = frozenset(specials)
         self._prompt_ids: dict[str, tuple[int, ...]] = {}  # prompt text -> the server's ids
+        self._gguf = str(chat_template) if isinstance(chat_template, str) and chat_template.endswith(".gguf") else None
+        self._candidates_extra: dict[str, Any] | None = None
 
     def prompt_text(self, prompt: Prompt) -> str:
         wire.check_prompt(prompt)
@@ -151,10 +153,25 @@ class _Core:
             ids = self._prompt_ids.get(self.prompt_text(prefix.prompt))
         return wire.prefix_target(self.profile, prefix, self.prompt_text, prompt_ids=ids)
 
+    def candidates_extra(self) -> dict[str, Any]:
+        """Extra body of candidates calls: on llama.cpp's server, a logit_bias against the tokens
+        that end mid-character (it reports no position for a sampled one; the bias steers only
+        its sampler, see `vas_api.providers.llama_vocab`), when the GGUF is known."""
+        if self._candidates_extra is None:
+            self._candidates_extra = {}
+            if self.profile.extra.get("family") == "llama.cpp" and self._gguf is not None:
+                from .llama_vocab import incomplete_token_ids
+
+                ids = incomplete_token_ids(self._gguf)
+                if ids:
+                    self._candidates_extra = {"logit_bias": {str(i): -100 for i in sorted(ids)}}
+        return self._candidates_extra
+
     def candidates(self, prefix: Prefix, k: int) -> wire.Flow:
         wire.check_k(self.profile, k)
         return wire.candidates_flow(
-            self.profile, self.model, self.target(prefix), k=k, special_tokens=self.special_tokens
+            self.profile, self.model, self.target(prefix), k=k, special_tokens=self.special_tokens,
+            extra_body=self.candidates_extra(),
         )
 
     def draft(self, prefix: Prefix, m: int, k: int, restrict_top_k: bool) -> wire.Flow:

@@ -57,6 +57,10 @@ EOS_RETRIES = 2
 """Extra candidates calls when the server sampled an end-of-sequence token and, like
 llama-cpp-python without min_tokens, did not report that position."""
 
+HIDDEN_RETRIES = 8
+"""Extra candidates calls when the server generated a token but reported no position for it
+(llama.cpp's server hides a token that ends mid-character)."""
+
 
 @dataclass(frozen=True)
 class Call:
@@ -378,8 +382,15 @@ def candidates_flow(
     *,
     k: int,
     special_tokens: Iterable[str],
+    extra_body: dict[str, Any] | None = None,
 ) -> Flow:
     """One max_tokens=1 call returning the top-k next-token candidates as a 1-position Draft.
+
+    llama.cpp's server reports no entry when the token it sampled ends mid-character (it waits
+    for the character to complete). The candidates do not depend on which token is sampled, so
+    such a call is asked again with a new seed (up to HIDDEN_RETRIES times); `extra_body` can
+    carry a ``logit_bias`` against those tokens, which steers only the server's sampler, not the
+    reported logprobs (checked on llama-server), so one call suffices.
 
     llama-cpp-python drops the position when it samples an end-of-sequence token, which would
     lose the whole top-k list exactly where the response should end. Where the profile says so
@@ -390,24 +401,36 @@ def candidates_flow(
     ends at once the only honest answer is a Position holding just the end-of-sequence token.
     """
     specials = list(special_tokens)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(extra_body or {})
     if profile.extra.get("min_tokens_for_eos"):
         extra["min_tokens"] = 1
     usage = Usage()
-    for attempt in range(EOS_RETRIES + 1):
+    attempt = eos_tries = hidden_tries = 0
+    while eos_tries <= EOS_RETRIES:
         seed = None if attempt == 0 else 1_000_003 * attempt
+        attempt += 1
         call = _call(profile, model, target, max_tokens=1, logprobs_k=k, seed=seed, extra=extra)
         response = yield call
-        draft = draft_from_response(response, k=k, m=1, special_tokens=specials)
+        try:
+            draft = draft_from_response(response, k=k, m=1, special_tokens=specials)
+        except NoLogprobsError:
+            if usage_from(response).completion_tokens == 0 or hidden_tries >= HIDDEN_RETRIES:
+                raise
+            draft = Draft([], "length", usage_from(response))
         usage = usage + draft.usage
         if draft.positions:
             return Draft(draft.positions[:1], draft.finish_reason, usage)
-        if draft.finish_reason != "stop":
-            raise ProviderError(
-                "the provider generated no token and did not say it stopped "
-                f"(finish_reason={draft.finish_reason!r}); is the prompt longer than the "
-                "model's context?"
-            )
+        if draft.finish_reason == "stop":
+            eos_tries += 1
+            continue
+        if draft.usage.completion_tokens > 0 and hidden_tries < HIDDEN_RETRIES:
+            hidden_tries += 1  # a token was generated but not reported (see above)
+            continue
+        raise ProviderError(
+            "the provider generated no token and did not say it stopped "
+            f"(finish_reason={draft.finish_reason!r}); is the prompt longer than the "
+            "model's context?"
+        )
     log.warning(
         "every candidates call ended at once with an unreported end-of-sequence token; "
         "returning end-of-sequence as the only candidate"

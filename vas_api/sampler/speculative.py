@@ -13,7 +13,9 @@ positions follow the server's own ids, and token mode sends those same ids); wit
 continuation the server re-tokenizes token mode's text, so the two agree only where the text
 re-tokenizes to the drafted ids (DESIGN.md section 7).
 Byte fragments: the pending bytes are carried along the drafted path, so a drafted fragment is
-an option exactly when it would be one in token mode. A drafted position that offers no option
+an option exactly when it would be one in token mode. A drafted position the server did not
+report as itself (`_unknown`: llama-server hides tokens that end mid-character) ends the draft
+before it; when that is the first position, a token-mode step (candidates call) takes it. A drafted position that offers no option
 (all fragments under text continuation) ends the draft before it, untested: the next request
 starts there; when that is the first position, the base's own character is taken through a
 token-mode step, so both modes take it from the same unrestricted call.
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..types import Draft, Prefix
+from ..types import Draft, Position, Prefix
 from .core import _BASE, Call, CandidatesCall, DraftCall, Scores, TokenSampler, _SamplerBase
 from .settings import SamplerSettings
 from .target import Options
@@ -94,6 +96,21 @@ class DraftLengthPolicy:
             if cost < best - 1e-12:
                 best_m, best = m, cost
         return best_m
+
+
+def _unknown(position: Position) -> bool:
+    """A drafted position that does not describe its own token: no candidates, or the sampled
+    id's candidate has other bytes than the sampled entry. llama.cpp's server reports no entry
+    for a token that ends mid-character and puts the whole character on the next token's entry
+    (whose candidates then belong to a context the draft does not show), see
+    `vas_api.logprobs`. Everything from such a position on is dropped, untested."""
+    if not position.candidates:
+        return True
+    tok = position.sampled
+    if tok is None or tok.id is None:
+        return False
+    own = next((c for c in position.candidates if c.id == tok.id), None)
+    return own is not None and not own.special and own.raw != tok.raw
 
 
 class SpeculativeSampler(_SamplerBase):
@@ -193,6 +210,8 @@ class SpeculativeSampler(_SamplerBase):
         options: list[Options] = []
         pending = self.state.tail
         for pos in draft.positions:
+            if _unknown(pos):
+                break  # the server did not report this position as itself: end before it
             opts = self._options_at(pos, pending)
             if not len(opts):
                 break  # no option here: the draft ends before this position
@@ -203,6 +222,11 @@ class SpeculativeSampler(_SamplerBase):
             pending = opts.tails[x]
         if eos_unreported and len(options) == len(draft.positions):
             self._eos_test = True  # after the reported positions, if all are kept
+        if not options and _unknown(draft.positions[0]):
+            # Not even the first position is known: take it through a candidates call.
+            self._eos_test = None
+            self._fall_back()
+            return
         if not options:
             self._eos_test = None
             # The first position offers no option: the base's own next character, through the
