@@ -99,18 +99,20 @@ class DraftLengthPolicy:
 
 
 def _unknown(position: Position) -> bool:
-    """A drafted position that does not describe its own token: no candidates, or the sampled
-    id's candidate has other bytes than the sampled entry. llama.cpp's server reports no entry
-    for a token that ends mid-character and puts the whole character on the next token's entry
-    (whose candidates then belong to a context the draft does not show), see
-    `vas_api.logprobs`. Everything from such a position on is dropped, untested."""
+    """A drafted position that may not describe its own token: no candidates, or the sampled
+    token has an id and no candidate with that id and the same bytes. llama.cpp's server reports
+    no entry for a token that ends mid-character and puts the whole character on the next
+    token's entry (whose candidates then belong to a context the draft does not show), see
+    `vas_api.logprobs`. Everything from such a position on is dropped, untested: cutting a
+    draft short never changes the output distribution (a sampled id outside the candidates
+    would be rejected anyway; it now costs a new call instead of a resample here)."""
     if not position.candidates:
         return True
     tok = position.sampled
     if tok is None or tok.id is None:
         return False
     own = next((c for c in position.candidates if c.id == tok.id), None)
-    return own is not None and not own.special and own.raw != tok.raw
+    return own is None or own.raw != tok.raw
 
 
 class SpeculativeSampler(_SamplerBase):
