@@ -37,6 +37,7 @@ def test_sync_chat_in_each_mode(local_server, openai_client, options, value, mod
     report = resp.vas
     assert resp.choices[0].message.content
     assert report.mode == mode and report.tokens >= 1
+    assert report.continuation == "token_ids"  # the exact local server takes id prompts
     assert resp.usage.prompt_tokens == report.usage.prompt_tokens > 0
     if mode == "token":
         assert report.api_calls == report.tokens

@@ -17,7 +17,14 @@ same raw logits (``Llama.scores``, before any sampler or logit bias): log-softma
 argpartition for the top k, each token keyed by its exact bytes. A token that is not valid UTF-8
 on its own is spelled ``"bytes:\\xNN..."`` (the OpenAI / tiktoken convention), control tokens by
 their own text (``"<|im_end|>"``), and a sampled end-of-generation token gets its position. The
-response shape is unchanged, so every OpenAI-compatible client still reads it.
+legacy fields are unchanged, so every OpenAI-compatible client still reads them; next to them a
+``content`` list in the chat shape (``{id, token, bytes, logprob, top_logprobs: [{id, token,
+bytes, logprob}]}``, one entry per token id, as llama.cpp's own server reports) carries the token
+ids, which vas-api reads for token-id continuation.
+
+A second change: /v1/completions takes ``prompt`` as a list of token ids (llama-server, vLLM and
+OpenAI's legacy API do; the stock llama-cpp-python server accepts only strings although its
+``Llama`` takes ids), so a partial response can be continued with the ids the model produced.
 
 If the installed llama-cpp-python lacks what the patch relies on, the stock server runs and a
 warning says so.
@@ -30,7 +37,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["token_key", "exact_logprobs", "patch", "main"]
+__all__ = ["token_key", "exact_logprobs", "patch", "accept_id_prompts", "report_content", "main"]
 
 
 def token_key(raw: bytes) -> str:
@@ -56,20 +63,30 @@ def exact_logprobs(
 
     Returns:
         {"tokens", "token_logprobs", "top_logprobs", "text_offset"} with one entry per sampled
-        token (the sampled token is added to its dict when outside the top k, as OpenAI does).
+        token (the sampled token is added to its dict when outside the top k, as OpenAI does),
+        and "content": the same positions in the chat shape with each token's id and bytes
+        (top k ids, unmerged).
     """
     import numpy as np
 
     n_vocab = llama.n_vocab()
     k = max(1, min(int(k), n_vocab))
-    cache: dict[int, str] = {}
+    cache: dict[int, tuple[str, bytes]] = {}
 
-    def key(token: int) -> str:
+    def piece(token: int) -> tuple[str, bytes]:
         if token not in cache:
-            cache[token] = token_key(llama.detokenize([token], special=True))
+            raw = llama.detokenize([token], special=True)
+            cache[token] = (token_key(raw), raw)
         return cache[token]
 
-    tokens, token_lps, tops, offsets = [], [], [], []
+    def key(token: int) -> str:
+        return piece(token)[0]
+
+    def chat_entry(token: int, logprob: float) -> dict[str, Any]:
+        name, raw = piece(token)
+        return {"id": token, "token": name, "bytes": list(raw), "logprob": logprob}
+
+    tokens, token_lps, tops, offsets, content = [], [], [], [], []
     text = b""
     for j, tok in enumerate(sampled):
         row = np.asarray(llama.scores[prompt_len - 1 + j], dtype=np.float64)
@@ -86,6 +103,10 @@ def exact_logprobs(
             )
         name = key(int(tok))
         entry.setdefault(name, float(logprobs[tok]))
+        content.append({
+            **chat_entry(int(tok), float(logprobs[tok])),
+            "top_logprobs": [chat_entry(int(i), float(logprobs[i])) for i in best],
+        })
         offsets.append(text_start + len(text.decode("utf-8", errors="ignore")))
         text += llama.detokenize([int(tok)])
         tokens.append(name)
@@ -96,6 +117,7 @@ def exact_logprobs(
         "text_offset": offsets,
         "token_logprobs": token_lps,
         "top_logprobs": tops,
+        "content": content,
     }
 
 
@@ -132,6 +154,8 @@ def patch(llama_cls: Any) -> bool:
             return
         kwargs["logprobs"] = None  # skip the stock reporter's full-vocabulary sort
         prompt = kwargs.get("prompt", "")
+        if isinstance(prompt, tuple):  # token ids (see accept_id_prompts): Llama takes a list
+            kwargs["prompt"] = prompt = list(prompt)
         for chunk in original_create(self, *args, **kwargs):
             choice = chunk["choices"][0]
             choice["logprobs"] = exact_logprobs(
@@ -146,9 +170,55 @@ def patch(llama_cls: Any) -> bool:
     return True
 
 
+def accept_id_prompts(request_cls: Any) -> bool:
+    """Let the server's CreateCompletionRequest take ``prompt`` as a list of token ids.
+
+    The ids are validated into a tuple of ints, which the server's endpoint passes through
+    untouched (it unpacks only lists) and `patch`'s completion turns into the list ``Llama``
+    takes. Must run before ``llama_cpp.server.app`` is imported (FastAPI reads the model when
+    the routes are declared). Returns False (nothing changed) when the class is not the
+    expected pydantic model.
+    """
+    from typing import List, Tuple, Union  # noqa: UP035 - the server's own annotation style
+
+    fields = getattr(request_cls, "model_fields", None)
+    if not isinstance(fields, dict) or "prompt" not in fields:
+        return False
+    annotation = Union[str, List[str], Tuple[int, ...]]  # noqa: UP006, UP007
+    fields["prompt"].annotation = annotation
+    request_cls.__annotations__["prompt"] = annotation
+    request_cls.model_rebuild(force=True)
+    return True
+
+
+def report_content(logprobs_cls: Any) -> bool:
+    """Let the server's response model keep the ``content`` list `exact_logprobs` adds (FastAPI
+    serializes a completion through the ``CompletionLogprobs`` TypedDict, which drops unknown
+    keys). Must run before ``llama_cpp.server.app`` is imported. Returns False when the class
+    is not the expected TypedDict."""
+    from typing import Dict, List, NotRequired  # noqa: UP035
+
+    if not isinstance(getattr(logprobs_cls, "__annotations__", None), dict) or not hasattr(
+        logprobs_cls, "__optional_keys__"
+    ):
+        return False
+    logprobs_cls.__annotations__["content"] = NotRequired[List[Dict[str, Any]]]  # noqa: UP006
+    logprobs_cls.__optional_keys__ = frozenset(logprobs_cls.__optional_keys__ | {"content"})
+    return True
+
+
 def main() -> None:
-    """Patch llama_cpp.Llama, then run llama-cpp-python's own server main()."""
+    """Patch llama_cpp.Llama and the request type, then run llama-cpp-python's server main()."""
     import llama_cpp
+    import llama_cpp.llama_types as llama_types
+    import llama_cpp.server.types as server_types
+
+    if "llama_cpp.server.app" in sys.modules or not accept_id_prompts(
+        server_types.CreateCompletionRequest
+    ):
+        print("vas-api: this llama-cpp-python server keeps text-only prompts.", file=sys.stderr)
+    if "llama_cpp.server.app" in sys.modules or not report_content(llama_types.CompletionLogprobs):
+        print("vas-api: this llama-cpp-python server cannot report token ids.", file=sys.stderr)
     from llama_cpp.server.__main__ import main as server_main
 
     if not patch(llama_cpp.Llama):

@@ -255,12 +255,13 @@ class _Base:
         elif restrict and not provider.profile.top_k_param:
             raise CapabilityError(f"{provider.profile.name} takes no top_k parameter; set restrict_top_k=False.")
         prompt_text = provider.prompt_text(prompt)
+        by_ids = _continues_with_ids(provider, prompt)
         n = positive_int("n", sdk.get("n"), default=1, hint="the number of choices")
         samplers: list[_SamplerBase] = []
         for i in range(n):
             s = settings if settings.seed is None or i == 0 else replace(settings, seed=settings.seed + i)
             if mode == "token":
-                samplers.append(TokenSampler(s, Prefix(prompt), prompt_text))
+                samplers.append(TokenSampler(s, Prefix(prompt), prompt_text, by_ids=by_ids))
             else:
                 # The acceptance rate depends on all of these; the bounds must follow the request.
                 key = (model, settings.betas, restrict, settings.temperature, settings.top_p, s.draft_min, s.draft_max)
@@ -268,7 +269,8 @@ class _Base:
                     m_min=s.draft_min, m_max=s.draft_max,
                     price_prompt=provider.profile.price_prompt, price_completion=provider.profile.price_completion,
                 ))
-                samplers.append(SpeculativeSampler(s, Prefix(prompt), prompt_text, restrict_top_k=restrict, policy=policy))
+                samplers.append(SpeculativeSampler(s, Prefix(prompt), prompt_text, restrict_top_k=restrict, policy=policy,
+                                                     by_ids=by_ids))
         report = VASReport(mode=mode, model=model, k=settings.k, betas=settings.betas)
         return _Plan(kind, model, provider, value_fns, samplers, report, stream, include_usage)
 
@@ -306,6 +308,7 @@ class _Base:
                 report.tested += s.tested
                 report.accepted += s.accepted
                 report.resampled += s.resampled
+        report.continuation = "token_ids" if all(s.continuation == "token_ids" for s in plan.samplers) else "text"
         report.api_calls = sum(t.api_calls for t in per_choice)
         report.retries = sum(t.retries for t in per_choice)
         report.short_positions = sum(t.short_positions for t in per_choice)
@@ -423,3 +426,10 @@ def _response(plan: _Plan, report: VASReport):
         resp = ChatCompletion(id=rid, choices=choices, created=created, model=model, object="chat.completion", usage=usage)
     resp.vas = report
     return resp
+
+
+def _continues_with_ids(provider: Any, prompt: Prompt) -> bool:
+    """Whether `provider` continues partial responses with token ids (it says so through an
+    optional ``continues_with_ids(prompt)``; providers without it continue with text)."""
+    ask = getattr(provider, "continues_with_ids", None)
+    return bool(ask(prompt)) if callable(ask) else False

@@ -37,6 +37,9 @@ class VASReport:
             `vas_api.retry`); their billed tokens are in `usage`.
         short_positions: positions whose answer held fewer than k candidates (VAS sampled
             over the ones reported).
+        continuation: "token_ids" when every call continued the response with the token ids
+            the base produced, "text" when (some of) it was sent as text for the server to
+            re-tokenize (DESIGN.md section 7).
     """
 
     mode: str
@@ -56,6 +59,7 @@ class VASReport:
     time_total_s: float = 0.0
     retries: int = 0
     short_positions: int = 0
+    continuation: str = "text"
 
     @property
     def tokens(self) -> int:
@@ -80,7 +84,7 @@ class VASReport:
     def summary(self) -> str:
         """One line: mode, tokens, calls, billed tokens, cost, time split."""
         parts = [
-            f"{self.mode} k={self.k} betas={list(self.betas)}",
+            f"{self.mode} k={self.k} betas={list(self.betas)} continuation={self.continuation}",
             f"{self.tokens} tokens",
             f"{self.api_calls} API calls ({self.calls_per_token:.2f}/token)",
             f"billed {self.usage.prompt_tokens}+{self.usage.completion_tokens} tokens",

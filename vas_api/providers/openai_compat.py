@@ -7,27 +7,84 @@ reading of a response is decided by the pure flows in `openai_wire`, so both beh
 Retries: one layer, vas-api's (`vas_api.retry`, run by the drivers in `openai_wire`). The
 client's ``max_retries`` sets how many; the calls themselves go out with the SDK's retries off,
 so the two never multiply. Errors keep the SDK's exception classes (see `openai_wire.translate_error`).
+
+Token-id continuation (DESIGN.md section 7): where the profile says the server takes id prompts
+(``token_id_prompts``) and its family has a tokenizer endpoint (`TOKENIZE_ENDPOINTS`), the
+prompt text is tokenized by the server once (cached per prompt text) and every call sends the
+prompt ids followed by the response's own ids (`Prefix.response_ids`), so the server never
+re-tokenizes what the base produced.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import openai
 
 from .. import profiles as _profiles
 from ..call_options import CallOptions
 from ..chat_template import ChatTemplate, load_chat_template
-from ..errors import ConfigError
+from ..errors import ConfigError, ProviderError
 from ..logprobs import DEFAULT_SPECIAL_TOKENS
 from ..types import Draft, Prefix, Prompt, ProviderProfile, Samples
 from . import openai_wire as wire
 
-__all__ = ["OpenAICompatProvider", "AsyncOpenAICompatProvider"]
+__all__ = ["OpenAICompatProvider", "AsyncOpenAICompatProvider", "TOKENIZE_ENDPOINTS", "tokenize_request"]
 
 log = logging.getLogger(__name__)
+
+TOKENIZE_ENDPOINTS: dict[str, tuple[str, Callable[[str, str], dict[str, Any]]]] = {
+    # llama-server: POST /tokenize {content, add_special, parse_special} -> {"tokens": [...]};
+    # add_special=True is how it tokenizes a text prompt itself.
+    "llama.cpp": ("/tokenize", lambda model, text: {
+        "content": text, "add_special": True, "parse_special": True}),
+    # llama-cpp-python: POST /extras/tokenize {input} -> {"tokens": [...]}; it tokenizes with
+    # add_bos and special=True, as its /v1/completions does a text prompt.
+    "llama-cpp-python": ("/extras/tokenize", lambda model, text: {"model": model, "input": text}),
+    # vLLM / SGLang: POST /tokenize {model, prompt, add_special_tokens} -> {"tokens": [...]}.
+    "vllm": ("/tokenize", lambda model, text: {
+        "model": model, "prompt": text, "add_special_tokens": True}),
+}
+"""Server family -> (path under the server root, request body) of its tokenizer endpoint."""
+
+_PROMPT_IDS_CACHE = 256  # prompt texts whose ids a provider remembers
+
+
+def tokenize_request(profile: ProviderProfile, base_url: str, model: str, text: str) -> tuple[str, dict[str, Any]] | None:
+    """(absolute URL, JSON body) of the server's tokenize call for `text`, or None when the
+    endpoint cannot take id prompts or its family has no known tokenizer endpoint (pure)."""
+    if not wire.takes_id_prompts(profile):
+        return None
+    family = profile.family
+    if family == "sglang":
+        family = "vllm"
+    if family not in TOKENIZE_ENDPOINTS:
+        return None
+    path, body = TOKENIZE_ENDPOINTS[family]
+    root = str(base_url).rstrip("/")
+    if root.endswith("/v1"):
+        root = root[: -len("/v1")]
+    return root + path, body(model, text)
+
+
+def _tokens_from(reply: Any, url: str) -> tuple[int, ...]:
+    tokens = reply.get("tokens") if isinstance(reply, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+        raise ProviderError(
+            f"the tokenizer endpoint {url} answered without a list of token ids ({str(reply)[:200]}); "
+            "pass a profile with token_id_prompts=False to continue responses as text."
+        )
+    return tuple(tokens)
+
+
+def _tokenize_failed(url: str, exc: Exception) -> ProviderError:
+    return ProviderError(
+        f"the server's tokenizer endpoint {url} failed ({type(exc).__name__}: {exc}); token-id "
+        "continuation needs it. Pass a profile with token_id_prompts=False to continue as text."
+    )
 
 
 class _Core:
@@ -52,6 +109,9 @@ class _Core:
             specials.update(self.chat_template.end_tokens)
         self.special_tokens = frozenset(specials)
         self.call_options = CallOptions()  # per-request SDK options, see with_call_options
+        self._prompt_ids: dict[str, tuple[int, ...]] = {}  # prompt text -> the server's ids
+        self._gguf = str(chat_template) if isinstance(chat_template, str) and chat_template.endswith(".gguf") else None
+        self._candidates_extra: dict[str, Any] | None = None
 
     def prompt_text(self, prompt: Prompt) -> str:
         wire.check_prompt(prompt)
@@ -64,15 +124,57 @@ class _Core:
             )
         return self.chat_template.render(prompt, add_generation_prompt=True)
 
+    # -- token ids ------------------------------------------------------------------------
+    def continues_with_ids(self, prompt: Prompt, base_url: str) -> bool:
+        """True when partial responses after `prompt` go out as token ids."""
+        if isinstance(prompt, str):
+            ok = self.profile.continuation == "completions" or self.profile.completions
+        else:
+            ok = self.profile.continuation == "completions"
+        return ok and tokenize_request(self.profile, base_url, self.model, "") is not None
+
+    def tokenize_call(self, prefix: Prefix, base_url: str) -> tuple[str, dict[str, Any]] | None:
+        """The tokenize call still needed before `prefix` can be sent as ids (None: not needed,
+        because the ids are cached or the prefix goes as text)."""
+        if prefix.response_ids is None or not self.continues_with_ids(prefix.prompt, base_url):
+            return None
+        text = self.prompt_text(prefix.prompt)
+        if text in self._prompt_ids:
+            return None
+        return tokenize_request(self.profile, base_url, self.model, text)
+
+    def remember_ids(self, prefix: Prefix, url: str, reply: Any) -> None:
+        if len(self._prompt_ids) >= _PROMPT_IDS_CACHE:
+            self._prompt_ids.pop(next(iter(self._prompt_ids)))
+        self._prompt_ids[self.prompt_text(prefix.prompt)] = _tokens_from(reply, url)
+
     def target(self, prefix: Prefix) -> wire.Target:
         if not isinstance(prefix, Prefix):
             raise ConfigError(f"expected a vas_api.Prefix, got {type(prefix).__name__}.")
-        return wire.prefix_target(self.profile, prefix, self.prompt_text)
+        ids = None
+        if prefix.response_ids is not None:
+            ids = self._prompt_ids.get(self.prompt_text(prefix.prompt))
+        return wire.prefix_target(self.profile, prefix, self.prompt_text, prompt_ids=ids)
+
+    def candidates_extra(self) -> dict[str, Any]:
+        """Extra body of candidates calls: on llama.cpp's server, a logit_bias against the tokens
+        that end mid-character (it reports no position for a sampled one; the bias steers only
+        its sampler, see `vas_api.providers.llama_vocab`), when the GGUF is known."""
+        if self._candidates_extra is None:
+            self._candidates_extra = {}
+            if self.profile.family == "llama.cpp" and self._gguf is not None:
+                from .llama_vocab import incomplete_token_ids
+
+                ids = incomplete_token_ids(self._gguf)
+                if ids:
+                    self._candidates_extra = {"logit_bias": {str(i): -100 for i in sorted(ids)}}
+        return self._candidates_extra
 
     def candidates(self, prefix: Prefix, k: int) -> wire.Flow:
         wire.check_k(self.profile, k)
         return self.call_options.flow(wire.candidates_flow(
-            self.profile, self.model, self.target(prefix), k=k, special_tokens=self.special_tokens
+            self.profile, self.model, self.target(prefix), k=k, special_tokens=self.special_tokens,
+            extra_body=self.candidates_extra(),
         ))
 
     def draft(self, prefix: Prefix, m: int, k: int, restrict_top_k: bool) -> wire.Flow:
@@ -148,6 +250,22 @@ class OpenAICompatProvider:
         """
         return self._core.prompt_text(prompt)
 
+    def continues_with_ids(self, prompt: Prompt) -> bool:
+        """True when partial responses after `prompt` are sent as token ids (prompt ids from
+        the server's tokenizer, then `Prefix.response_ids`); False: as text."""
+        return self._core.continues_with_ids(prompt, str(self.client.base_url))
+
+    def _ensure_ids(self, prefix: Prefix) -> None:
+        call = self._core.tokenize_call(prefix, str(self.client.base_url))
+        if call is None:
+            return
+        url, body = call
+        try:
+            reply = self.client.post(url, body=body, cast_to=object)
+        except openai.OpenAIError as exc:
+            raise _tokenize_failed(url, exc) from exc
+        self._core.remember_ids(prefix, url, reply)
+
     def candidates(self, prefix: Prefix, *, k: int) -> Draft:
         """The top-k next-token candidates after `prefix`, as a Draft with one Position.
 
@@ -160,6 +278,7 @@ class OpenAICompatProvider:
             the endpoint cannot continue `prefix.response`. NoLogprobsError: no logprobs came
             back. ProviderConnectionError / ProviderError: the call failed.
         """
+        self._ensure_ids(prefix)
         return wire.drive_sync(self.client, self._core.candidates(prefix, k), model=self.model)
 
     def draft(self, prefix: Prefix, *, m: int, k: int, restrict_top_k: bool = False) -> Draft:
@@ -171,6 +290,7 @@ class OpenAICompatProvider:
             as `candidates`; CapabilityError also when restrict_top_k is asked of an endpoint
             without a top_k parameter.
         """
+        self._ensure_ids(prefix)
         flow = self._core.draft(prefix, m, k, restrict_top_k)
         return wire.drive_sync(self.client, flow, model=self.model)
 
@@ -240,8 +360,24 @@ class AsyncOpenAICompatProvider:
         """See `OpenAICompatProvider.prompt_text`."""
         return self._core.prompt_text(prompt)
 
+    def continues_with_ids(self, prompt: Prompt) -> bool:
+        """See `OpenAICompatProvider.continues_with_ids`."""
+        return self._core.continues_with_ids(prompt, str(self.client.base_url))
+
+    async def _ensure_ids(self, prefix: Prefix) -> None:
+        call = self._core.tokenize_call(prefix, str(self.client.base_url))
+        if call is None:
+            return
+        url, body = call
+        try:
+            reply = await self.client.post(url, body=body, cast_to=object)
+        except openai.OpenAIError as exc:
+            raise _tokenize_failed(url, exc) from exc
+        self._core.remember_ids(prefix, url, reply)
+
     async def candidates(self, prefix: Prefix, *, k: int) -> Draft:
         """See `OpenAICompatProvider.candidates`."""
+        await self._ensure_ids(prefix)
         return await wire.drive_async(
             self.client, self._core.candidates(prefix, k), model=self.model
         )
@@ -250,6 +386,7 @@ class AsyncOpenAICompatProvider:
         self, prefix: Prefix, *, m: int, k: int, restrict_top_k: bool = False
     ) -> Draft:
         """See `OpenAICompatProvider.draft`."""
+        await self._ensure_ids(prefix)
         flow = self._core.draft(prefix, m, k, restrict_top_k)
         return await wire.drive_async(self.client, flow, model=self.model)
 

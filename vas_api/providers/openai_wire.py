@@ -53,6 +53,7 @@ __all__ = [
     "Target",
     "neutral_sampler_params",
     "prefix_target",
+    "takes_id_prompts",
     "candidates_flow",
     "draft_flow",
     "sample_flow",
@@ -72,6 +73,10 @@ CallKind = Literal["completions", "chat", "models", "http"]
 EOS_RETRIES = 2
 """Extra candidates calls when the server sampled an end-of-sequence token and, like
 llama-cpp-python without min_tokens, did not report that position."""
+
+HIDDEN_RETRIES = 8
+"""Extra candidates calls when the server generated a token but reported no position for it
+(llama.cpp's server hides a token that ends mid-character)."""
 
 
 class _RetriesExhausted(Exception):
@@ -103,12 +108,23 @@ Flow = Generator[Call, Any, Any]
 
 @dataclass(frozen=True)
 class Target:
-    """How a prefix is sent: raw text to /v1/completions, or messages to chat."""
+    """How a prefix is sent: raw text (or token ids) to /v1/completions, or messages to chat.
+
+    `ids`, when set, is what goes out as the completions ``prompt`` (a list of token ids:
+    llama.cpp's server, the exact local server, vLLM and OpenAI legacy completions take it);
+    `prompt` is then the same prefix as text, for messages and logs only.
+    """
 
     kind: Literal["completions", "chat"]
     prompt: str = ""
     messages: tuple[dict[str, Any], ...] = ()
     extra_body: dict[str, Any] = field(default_factory=dict)
+    ids: tuple[int, ...] | None = None
+
+    @property
+    def continuation(self) -> str:
+        """"token_ids" or "text": how this target sends the response so far."""
+        return "token_ids" if self.ids is not None else "text"
 
 
 # -- sampler settings ----------------------------------------------------------------------
@@ -192,15 +208,30 @@ def check_prompt(prompt: Any) -> None:
     _check_messages(prompt)
 
 
+def takes_id_prompts(profile: ProviderProfile) -> bool:
+    """Whether /v1/completions of this endpoint takes the prompt as a list of token ids: the
+    profile says so, or it is vas-api's exact llama-cpp-python server (`vas_api._llama_server`
+    accepts id prompts; the stock llama-cpp-python server does not)."""
+    return bool(profile.token_id_prompts or profile.exact_logprobs)
+
+
 def prefix_target(
-    profile: ProviderProfile, prefix: Prefix, render: Callable[[Any], str]
+    profile: ProviderProfile,
+    prefix: Prefix,
+    render: Callable[[Any], str],
+    prompt_ids: Sequence[int] | None = None,
 ) -> Target:
     """Decide how `prefix` is sent to this endpoint.
 
+    Token ids go out (prompt ids + `prefix.response_ids`) when the profile says the endpoint
+    takes id prompts, the prompt's ids are known and the response's ids are; otherwise text,
+    which the server re-tokenizes (DESIGN.md section 7).
+
     Args:
-        profile: the endpoint (its ``continuation`` decides).
+        profile: the endpoint (its ``continuation`` and ``token_id_prompts`` decide).
         prefix: the prompt and the response so far.
         render: the provider's ``prompt_text`` (renders chat with the chat template).
+        prompt_ids: the server's token ids of ``render(prefix.prompt)``, when known.
 
     Raises:
         ConfigError: the prompt is empty or malformed.
@@ -209,6 +240,16 @@ def prefix_target(
     check_prompt(prefix.prompt)
     prompt, response, cont = prefix.prompt, prefix.response, profile.continuation
     has_completions = cont == "completions" or profile.completions
+    if (
+        has_completions
+        and (isinstance(prompt, str) or cont == "completions")
+        and takes_id_prompts(profile)
+        and prompt_ids is not None
+        and prefix.response_ids is not None
+    ):
+        text = prompt if isinstance(prompt, str) else render(prompt)
+        ids = tuple(int(i) for i in prompt_ids) + tuple(int(i) for i in prefix.response_ids)
+        return Target("completions", prompt=text + response, ids=ids)
     if isinstance(prompt, str) and has_completions:
         return Target("completions", prompt=prompt + response)
     if cont == "completions":
@@ -261,7 +302,8 @@ def _call(
     if seed is not None:
         kwargs["seed"] = seed
     if target.kind == "completions":
-        kwargs.update(prompt=target.prompt, max_tokens=max_tokens)
+        prompt = list(target.ids) if target.ids is not None else target.prompt
+        kwargs.update(prompt=prompt, max_tokens=max_tokens)
         if logprobs_k is not None:
             kwargs["logprobs"] = logprobs_k
     else:
@@ -356,8 +398,15 @@ def candidates_flow(
     *,
     k: int,
     special_tokens: Iterable[str],
+    extra_body: dict[str, Any] | None = None,
 ) -> Flow:
     """One max_tokens=1 call returning the top-k next-token candidates as a 1-position Draft.
+
+    llama.cpp's server reports no entry when the token it sampled ends mid-character (it waits
+    for the character to complete). The candidates do not depend on which token is sampled, so
+    such a call is asked again with a new seed (up to HIDDEN_RETRIES times); `extra_body` can
+    carry a ``logit_bias`` against those tokens, which steers only the server's sampler, not the
+    reported logprobs (checked on llama-server), so one call suffices.
 
     llama-cpp-python drops the position when it samples an end-of-sequence token, which would
     lose the whole top-k list exactly where the response should end. Where the profile says so
@@ -368,27 +417,43 @@ def candidates_flow(
     ends at once the only honest answer is a Position holding just the end-of-sequence token.
     """
     specials = list(special_tokens)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(extra_body or {})
     if profile.min_tokens_for_eos:
         extra["min_tokens"] = 1
-    usage = Usage()
-    for attempt in range(EOS_RETRIES + 1):
-        seed = None if attempt == 0 else 1_000_003 * attempt
-        call = _call(profile, model, target, max_tokens=1, logprobs_k=k, seed=seed, extra=extra)
-        draft = yield from _logprob_reply(
-            call, lambda r: draft_from_response(
-                r, k=k, m=1, special_tokens=specials, eos_token_ids=profile.eos_token_ids
-            ),
+
+    def parse(r: Any) -> Draft:
+        return draft_from_response(
+            r, k=k, m=1, special_tokens=specials, eos_token_ids=profile.eos_token_ids
         )
+
+    usage = Usage()
+    attempt = eos_tries = hidden_tries = 0
+    while eos_tries <= EOS_RETRIES:
+        seed = None if attempt == 0 else 1_000_003 * attempt
+        attempt += 1
+        call = _call(profile, model, target, max_tokens=1, logprobs_k=k, seed=seed, extra=extra)
+        response = yield call
+        try:
+            draft = parse(response)
+        except NoLogprobsError:
+            if usage_from(response).completion_tokens > 0 and hidden_tries < HIDDEN_RETRIES:
+                draft = Draft([], "length", usage_from(response))  # a hidden token, see above
+            else:  # a degraded answer: re-asked through the retry layer
+                draft = yield from _logprob_reply(call, parse, first=response)
         usage = usage + draft.usage
         if draft.positions:
             return Draft(draft.positions[:1], draft.finish_reason, usage)
-        if draft.finish_reason != "stop":
-            raise ProviderError(
-                "the provider generated no token and did not say it stopped "
-                f"(finish_reason={draft.finish_reason!r}); is the prompt longer than the "
-                "model's context?"
-            )
+        if draft.finish_reason == "stop":
+            eos_tries += 1
+            continue
+        if draft.usage.completion_tokens > 0 and hidden_tries < HIDDEN_RETRIES:
+            hidden_tries += 1  # a token was generated but not reported (see above)
+            continue
+        raise ProviderError(
+            "the provider generated no token and did not say it stopped "
+            f"(finish_reason={draft.finish_reason!r}); is the prompt longer than the "
+            "model's context?"
+        )
     log.warning(
         "every candidates call ended at once with an unreported end-of-sequence token; "
         "returning end-of-sequence as the only candidate"
@@ -429,7 +494,9 @@ def draft_flow(
     )
 
 
-def _logprob_reply(call: Call, parse: Callable[[Any], Draft]) -> Generator[Call, Any, Draft]:
+def _logprob_reply(
+    call: Call, parse: Callable[[Any], Draft], *, first: Any = None
+) -> Generator[Call, Any, Draft]:
     """Ask `call` and parse its answer, re-asking a degraded one (a sub-flow: ``yield from``).
 
     A 200 answer without logprobs is a fault (the endpoint's profile says it gives them): it
@@ -439,6 +506,8 @@ def _logprob_reply(call: Call, parse: Callable[[Any], Draft]) -> Generator[Call,
     drops the -9999 sentinels; duplicates are merged), VAS samples over the candidates that
     were reported, and the run counts the short positions (`VASReport.short_positions`).
 
+    `first`, when given, is an answer to `call` already received (it is parsed before any ask).
+
     Returns:
         The parsed Draft; its usage includes every re-asked answer (they were billed).
     """
@@ -447,7 +516,10 @@ def _logprob_reply(call: Call, parse: Callable[[Any], Draft]) -> Generator[Call,
     failure: NoLogprobsError | None = None
     while True:
         try:
-            response = yield call if retry == 0 else replace(call, retry=retry, reason="no logprobs")
+            if first is not None:
+                response, first = first, None
+            else:
+                response = yield call if retry == 0 else replace(call, retry=retry, reason="no logprobs")
         except _RetriesExhausted:
             if failure is None:  # only thrown after a re-ask; anything else is a driver bug
                 raise

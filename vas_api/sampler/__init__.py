@@ -4,7 +4,7 @@ from .core import CandidatesCall, DraftCall, ScoreCall, Step, TokenSampler
 from .run import Timings, arun, run, score
 from .settings import MODES, SamplerSettings, resolve_mode
 from .speculative import DraftLengthPolicy, SpeculativeSampler, expected_tokens_per_call
-from .target import options_of, target_probs, value_shift
+from .target import decode_step, options_of, target_probs, value_shift
 
 __all__ = [
     "MODES",
@@ -19,6 +19,7 @@ __all__ = [
     "TokenSampler",
     "arun",
     "expected_tokens_per_call",
+    "decode_step",
     "options_of",
     "resolve_mode",
     "run",

@@ -6,6 +6,19 @@ is the distribution the draft was sampled from and p the token-mode target; on t
 rejection a token is drawn from r ~ max(0, p - q) and the rest of the draft is dropped. This is
 speculative sampling (Leviathan et al. 2023; Chen et al. 2023): every committed token has
 exactly the token-mode distribution.
+
+Exactly equal to `TokenSampler` for the target of `vas_api.sampler.target`, provided both
+condition each position on the same context: with token-id continuation they do (the draft's
+positions follow the server's own ids, and token mode sends those same ids); with text
+continuation the server re-tokenizes token mode's text, so the two agree only where the text
+re-tokenizes to the drafted ids (DESIGN.md section 7).
+Byte fragments: the pending bytes are carried along the drafted path, so a drafted fragment is
+an option exactly when it would be one in token mode. A drafted position the server did not
+report as itself (`_unknown`: llama-server hides tokens that end mid-character) ends the draft
+before it; when that is the first position, a token-mode step (candidates call) takes it. A drafted position that offers no option
+(all fragments under text continuation) ends the draft before it, untested: the next request
+starts there; when that is the first position, the base's own character is taken through a
+token-mode step, so both modes take it from the same unrestricted call.
 """
 
 from __future__ import annotations
@@ -15,10 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..types import Draft, Prefix
-from .core import Call, DraftCall, Scores, TokenSampler, _SamplerBase
+from ..types import Draft, Position, Prefix
+from .core import _BASE, Call, CandidatesCall, DraftCall, Scores, TokenSampler, _SamplerBase
 from .settings import SamplerSettings
-from .target import Options, options_of
+from .target import Options
 
 __all__ = ["DraftLengthPolicy", "SpeculativeSampler", "expected_tokens_per_call"]
 
@@ -85,6 +98,23 @@ class DraftLengthPolicy:
         return best_m
 
 
+def _unknown(position: Position) -> bool:
+    """A drafted position that may not describe its own token: no candidates, or the sampled
+    token has an id and no candidate with that id and the same bytes. llama.cpp's server reports
+    no entry for a token that ends mid-character and puts the whole character on the next
+    token's entry (whose candidates then belong to a context the draft does not show), see
+    `vas_api.logprobs`. Everything from such a position on is dropped, untested: cutting a
+    draft short never changes the output distribution (a sampled id outside the candidates
+    would be rejected anyway; it now costs a new call instead of a resample here)."""
+    if not position.candidates:
+        return True
+    tok = position.sampled
+    if tok is None or tok.id is None:
+        return False
+    own = next((c for c in position.candidates if c.id == tok.id), None)
+    return own is None or own.raw != tok.raw
+
+
 class SpeculativeSampler(_SamplerBase):
     """Speculative mode. Same target as `TokenSampler`; the report counts drafted tokens.
 
@@ -96,6 +126,7 @@ class SpeculativeSampler(_SamplerBase):
             the candidates (every drafted token is then a candidate).
         policy: draft-length policy (its acceptance estimate persists across requests when
             the caller passes the same object).
+        by_ids: the provider continues with token ids (`Prefix.response_ids`).
     """
 
     def __init__(
@@ -106,8 +137,9 @@ class SpeculativeSampler(_SamplerBase):
         *,
         restrict_top_k: bool,
         policy: DraftLengthPolicy | None = None,
+        by_ids: bool = False,
     ) -> None:
-        super().__init__(settings, prefix, prompt_text)
+        super().__init__(settings, prefix, prompt_text, by_ids=by_ids)
         self.restrict_top_k = restrict_top_k
         self.policy = policy or DraftLengthPolicy(m_min=settings.draft_min, m_max=settings.draft_max)
         self.drafted = 0  # tokens the server drafted
@@ -118,6 +150,10 @@ class SpeculativeSampler(_SamplerBase):
         self._draft: Draft | None = None
         self._options: list[Options] = []
         self._fallback: TokenSampler | None = None
+        # A draft cut by an end-of-sequence the server sampled but did not report: that
+        # position's drafted token is known (EOS), so it still goes through the accept test,
+        # on the candidates of one candidates call (None: none pending; False: call not made).
+        self._eos_test: Options | bool | None = None
 
     @property
     def wasted(self) -> int:
@@ -129,47 +165,127 @@ class SpeculativeSampler(_SamplerBase):
             return None
         if self._fallback is not None:
             return self._fallback.next_request()
-        if self._draft is None:
-            remaining = self.settings.max_tokens - self.state.tokens
-            m = self.policy.choose(self._prompt_tokens + self.state.tokens, remaining)
-            return DraftCall(self._prefix(), m, self.settings.k, self.restrict_top_k)
-        path = tuple(o.texts[o.index(p.sampled)] for o, p in zip(self._options[:-1], self._draft.positions, strict=False))
-        return self._score_call(path, self._options)
+        if self._draft is not None:
+            path = tuple(
+                o.texts[o.index(p.sampled)]  # type: ignore[index]
+                for o, p in zip(self._options[:-1], self._draft.positions, strict=False)
+            )
+            return self._score_call(path, self._options)
+        if self._eos_test is False:
+            return CandidatesCall(self._prefix(), self.settings.k)
+        if isinstance(self._eos_test, Options):
+            return self._score_call((), [self._eos_test])
+        remaining = self.settings.max_tokens - self.state.tokens
+        m = self.policy.choose(self._prompt_tokens + self.state.tokens, remaining)
+        return DraftCall(self._prefix(), m, self.settings.k, self.restrict_top_k)
 
     def feed(self, answer: Draft | Scores) -> None:
         if self._fallback is not None:
             self._feed_fallback(answer)
-        elif self._draft is None:
-            self._expect(answer, Draft)
-            self._take_draft(answer)  # type: ignore[arg-type]
-        else:
+        elif self._draft is not None:
             self._expect(answer, list)
             self._verify(answer)  # type: ignore[arg-type]
+        elif self._eos_test is not None:
+            self._feed_eos_test(answer)
+        else:
+            self._expect(answer, Draft)
+            self._take_draft(answer)  # type: ignore[arg-type]
 
     # -- internals ------------------------------------------------------------------------
     def _take_draft(self, draft: Draft) -> None:
         self._add_usage(draft)
         self._prompt_tokens = max(1, draft.usage.prompt_tokens - self.state.tokens)
+        # llama-cpp-python's stock server stops at a sampled end-of-sequence without reporting
+        # its position: fewer than m positions, finish "stop", the last one not EOS.
+        last = draft.positions[-1].sampled if draft.positions else None
+        eos_unreported = draft.finish_reason == "stop" and not (last is not None and last.special)
         if not draft.positions:
-            # The server stopped without reporting a position (end of sequence it does not
-            # show): ask for this one position's candidates instead (token mode, same target).
-            fallback = TokenSampler(self.settings, self._prefix(), self.prompt_text)
-            fallback.rng, fallback.state = self.rng, self.state  # shared: one response, one rng
-            self._fallback = fallback
+            if eos_unreported:
+                self.drafted += 1
+                self._eos_test = False  # test the drafted EOS at this position
+            else:
+                self._fall_back()
             return
-        self.drafted += len(draft.positions)
+        self.drafted += len(draft.positions) + int(eos_unreported)
         # Only positions up to the first drafted token that cannot be kept need scoring:
         # a token that is not a usable candidate has p = 0 and is always rejected.
         options: list[Options] = []
+        pending = self.state.tail
         for pos in draft.positions:
-            opts = options_of(pos)
+            if _unknown(pos):
+                break  # the server did not report this position as itself: end before it
+            opts = self._options_at(pos, pending)
+            if not len(opts):
+                break  # no option here: the draft ends before this position
             options.append(opts)
             x = opts.index(pos.sampled)
             if x is None or opts.candidates[x].special:
                 break
+            pending = opts.tails[x]
+        if eos_unreported and len(options) == len(draft.positions):
+            self._eos_test = True  # after the reported positions, if all are kept
+        if not options and _unknown(draft.positions[0]):
+            # Not even the first position is known: take it through a candidates call.
+            self._eos_test = None
+            self._fall_back()
+            return
+        if not options:
+            self._eos_test = None
+            # The first position offers no option: the base's own next character, through the
+            # same token-mode step (one unrestricted short draft) as in token mode.
+            self._fall_back(base_character=True)
+            return
         self._draft, self._options = draft, options
         if not self.settings.steered:
             self._verify([])
+
+    def _fall_back(self, base_character: bool = False) -> None:
+        """Hand the next token to a token-mode step that shares this sampler's state and rng."""
+        fallback = TokenSampler(self.settings, self._prefix(), self.prompt_text)
+        fallback.rng, fallback.state = self.rng, self.state  # shared: one response, one rng
+        if base_character:
+            fallback._pending = _BASE
+        self._fallback = fallback
+
+    def _feed_eos_test(self, answer: Draft | Scores) -> None:
+        if self._eos_test is False:
+            self._expect(answer, Draft)
+            self._add_usage(answer)  # type: ignore[arg-type]
+            if not answer.positions:  # type: ignore[union-attr]
+                self._eos_test = None
+                self.state.finish_reason = answer.finish_reason or "stop"  # type: ignore[union-attr]
+                return
+            opts = self._options_at(answer.positions[0])  # type: ignore[union-attr]
+            if not len(opts):
+                self._eos_test = None
+                self._fall_back(base_character=True)
+                return
+            self._eos_test = opts
+            if self.settings.steered:
+                return
+            answer = []
+        else:
+            self._expect(answer, list)
+        opts, self._eos_test = self._eos_test, None
+        probs, shift = self._target(opts, [per_model[0] for per_model in answer])  # type: ignore[union-attr, arg-type]
+        q = self._q(opts)  # type: ignore[arg-type]
+        x = next((i for i, c in enumerate(opts.candidates) if c.special), None)  # type: ignore[union-attr]
+        self.tested += 1
+        if x is not None and self.rng.random() * q[x] < probs[x]:
+            self.accepted += 1
+            self.policy.update(1, 1)
+            self._commit(opts, x, probs, shift, "accepted")  # type: ignore[arg-type]
+            return
+        self.policy.update(1, 0)
+        self._resample(opts, probs, q, shift)  # type: ignore[arg-type]
+
+    def _resample(self, opts: Options, probs: np.ndarray, q: np.ndarray, shift: np.ndarray) -> None:
+        residual = np.maximum(probs - q, 0.0)
+        total = residual.sum()
+        r = residual / total if total > 1e-12 else probs
+        i = int(self.rng.choice(len(r), p=r))
+        self.resampled += 1
+        self._commit(opts, i, probs, shift, "resampled")
 
     def _feed_fallback(self, answer: Draft | Scores) -> None:
         tokens = self.state.tokens
@@ -195,16 +311,15 @@ class SpeculativeSampler(_SamplerBase):
             if x is not None and self.rng.random() * q[x] < probs[x]:  # u < p(x) / q(x)
                 accepted += 1
                 self.accepted += 1
-                self._commit(opts, x, probs, shift, "accepted")
+                self._commit(opts, x, probs, shift, "accepted", token=pos.sampled)
                 if self.done:
                     break
                 continue
-            residual = np.maximum(probs - q, 0.0)
-            total = residual.sum()
-            r = residual / total if total > 1e-12 else probs
-            i = int(self.rng.choice(len(r), p=r))
-            self.resampled += 1
-            self._commit(opts, i, probs, shift, "resampled")
+            self._resample(opts, probs, q, shift)
             break
+        if self._eos_test is not None and (self.done or accepted < len(options)):
+            self._eos_test = None  # a rejection (or the end) came first: the EOS is moot
+        elif self._eos_test is True:
+            self._eos_test = False
         self.tested += tested
         self.policy.update(tested, accepted)
