@@ -28,7 +28,7 @@ from vas_api.retry import (
     use_retry_policy,
 )
 
-from .fault_proxy import FaultProxy
+from .fault_proxy import _GENERATION_PATHS, FaultProxy
 
 # -- pure: backoff, Retry-After, what is retried --------------------------------------------------
 
@@ -317,7 +317,7 @@ def test_one_fault_is_recovered(local_server, proxy, sync_vas, fault, mode, is_a
     records = proxy.records[start:]
     prompt, completion = _readable_usage(records)
     assert (report.usage.prompt_tokens, report.usage.completion_tokens) == (prompt, completion)
-    assert report.usage.calls == sum(1 for r in records if r.status == 200)  # every billed attempt
+    assert report.usage.calls == sum(1 for r in records if r.status == 200 and r.path.endswith(_GENERATION_PATHS))  # every billed attempt
     assert resp.usage.prompt_tokens == report.usage.prompt_tokens
 
 
@@ -344,7 +344,7 @@ def test_a_fault_on_every_attempt_fails_with_the_sdk_type_and_the_partial_output
     assert partial.report.tokens == len(partial.steps[0])
     prompt, completion = _readable_usage(proxy.records[start:])
     assert (partial.usage.prompt_tokens, partial.usage.completion_tokens) == (prompt, completion)
-    assert partial.usage.calls == sum(1 for r in proxy.records[start:] if r.status == 200)
+    assert partial.usage.calls == sum(1 for r in proxy.records[start:] if r.status == 200 and r.path.endswith(_GENERATION_PATHS))
 
 
 @pytest.mark.integration
@@ -368,7 +368,7 @@ def test_a_failing_choice_cancels_its_siblings(local_server, proxy):
 
     start = len(proxy.records)
     err, others = asyncio.run(main())
-    calls = len(proxy.records) - start
+    calls = sum(1 for r in proxy.records[start:] if r.path.endswith(_GENERATION_PATHS))
     proxy.clear()
     assert others == []  # no sibling left running, so no call after the error
     assert calls <= 3 + 2 * 3  # at most the good calls and two attempts per choice

@@ -15,7 +15,7 @@ import pytest
 import respx
 
 from vas_api.errors import ProviderError
-from vas_api.profiles import LLAMA_CPP_PYTHON, OPENAI_COMPLETIONS, with_extra
+from vas_api.profiles import LLAMA_CPP_PYTHON, OPENAI_COMPLETIONS
 from vas_api.providers import OpenAICompatProvider
 from vas_api.providers.openai_compat import tokenize_request
 from vas_api.providers.openai_wire import prefix_target, takes_id_prompts
@@ -26,9 +26,9 @@ BASE = "http://mock.test/v1"
 ROOT = "http://mock.test"
 LLAMA_SERVER = replace(
     LLAMA_CPP_PYTHON, name="llama.cpp server", token_id_prompts=True,
-    extra={"sampler_dialect": "llama.cpp", "family": "llama.cpp"},
+    family="llama.cpp", min_tokens_for_eos=False,
 )
-EXACT_LOCAL = with_extra(LLAMA_CPP_PYTHON, exact_logprobs=True)
+EXACT_LOCAL = replace(LLAMA_CPP_PYTHON, exact_logprobs=True, token_id_prompts=True)
 TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
 
 

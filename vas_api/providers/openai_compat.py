@@ -21,14 +21,16 @@ import copy
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
 from .. import profiles as _profiles
 from ..call_options import CallOptions
 from ..chat_template import ChatTemplate, load_chat_template
-from ..errors import ConfigError, ProviderError
+from ..errors import ConfigError, ProviderError, sdk_error
 from ..logprobs import DEFAULT_SPECIAL_TOKENS
+from ..redact import redact_url, redact_urls_in
 from ..types import Draft, Prefix, Prompt, ProviderProfile, Samples
 from . import openai_wire as wire
 
@@ -64,27 +66,32 @@ def tokenize_request(profile: ProviderProfile, base_url: str, model: str, text: 
     if family not in TOKENIZE_ENDPOINTS:
         return None
     path, body = TOKENIZE_ENDPOINTS[family]
-    root = str(base_url).rstrip("/")
+    parts = urlsplit(str(base_url))  # the query (it may hold a key) is not the server's root
+    root = parts.path.rstrip("/")
     if root.endswith("/v1"):
         root = root[: -len("/v1")]
-    return root + path, body(model, text)
+    return urlunsplit((parts.scheme, parts.netloc, root + path, "", "")), body(model, text)
 
 
 def _tokens_from(reply: Any, url: str) -> tuple[int, ...]:
     tokens = reply.get("tokens") if isinstance(reply, dict) else None
     if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
         raise ProviderError(
-            f"the tokenizer endpoint {url} answered without a list of token ids ({str(reply)[:200]}); "
+            f"the tokenizer endpoint {redact_url(url)} answered without a list of token ids ({str(reply)[:200]}); "
             "pass a profile with token_id_prompts=False to continue responses as text."
         )
     return tuple(tokens)
 
 
 def _tokenize_failed(url: str, exc: Exception) -> ProviderError:
-    return ProviderError(
-        f"the server's tokenizer endpoint {url} failed ({type(exc).__name__}: {exc}); token-id "
-        "continuation needs it. Pass a profile with token_id_prompts=False to continue as text."
+    # The SDK's exception class is kept (`sdk_error`): `except openai.APIConnectionError` still
+    # matches a server that is down, as it would without VAS.
+    message = (
+        f"the server's tokenizer endpoint {redact_url(url)} failed ({type(exc).__name__}: "
+        f"{redact_urls_in(str(exc))}); token-id continuation needs it. Pass a profile with "
+        "token_id_prompts=False to continue as text."
     )
+    return sdk_error(exc, message) if isinstance(exc, openai.OpenAIError) else ProviderError(message)
 
 
 class _Core:

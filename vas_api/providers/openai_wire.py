@@ -402,8 +402,9 @@ def candidates_flow(
 ) -> Flow:
     """One max_tokens=1 call returning the top-k next-token candidates as a 1-position Draft.
 
-    llama.cpp's server reports no entry when the token it sampled ends mid-character (it waits
-    for the character to complete). The candidates do not depend on which token is sampled, so
+    llama.cpp's server (family "llama.cpp") reports no entry when the token it sampled ends
+    mid-character (it waits for the character to complete); elsewhere an answer without
+    logprobs is a degraded one, re-asked through the retry layer (`_logprob_reply`). The candidates do not depend on which token is sampled, so
     such a call is asked again with a new seed (up to HIDDEN_RETRIES times); `extra_body` can
     carry a ``logit_bias`` against those tokens, which steers only the server's sampler, not the
     reported logprobs (checked on llama-server), so one call suffices.
@@ -436,7 +437,8 @@ def candidates_flow(
         try:
             draft = parse(response)
         except NoLogprobsError:
-            if usage_from(response).completion_tokens > 0 and hidden_tries < HIDDEN_RETRIES:
+            hidden = profile.family == "llama.cpp" and usage_from(response).completion_tokens > 0
+            if hidden and hidden_tries < HIDDEN_RETRIES:
                 draft = Draft([], "length", usage_from(response))  # a hidden token, see above
             else:  # a degraded answer: re-asked through the retry layer
                 draft = yield from _logprob_reply(call, parse, first=response)
