@@ -29,6 +29,7 @@ LLAMA_SERVER = replace(
     family="llama.cpp", min_tokens_for_eos=False,
 )
 EXACT_LOCAL = replace(LLAMA_CPP_PYTHON, exact_logprobs=True, token_id_prompts=True)
+TEXT_ONLY = replace(LLAMA_CPP_PYTHON, exact_logprobs=False, token_id_prompts=False)
 TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
 
 
@@ -59,8 +60,8 @@ def test_prefix_target_sends_ids_only_when_all_are_known():
     # No response ids, no prompt ids, or an endpoint without id prompts: text.
     assert prefix_target(LLAMA_SERVER, Prefix(chat, "ab"), render, prompt_ids=(1, 2)).ids is None
     assert prefix_target(LLAMA_SERVER, Prefix(chat, "ab", (7, 8)), render).ids is None
-    assert prefix_target(LLAMA_CPP_PYTHON, Prefix(chat, "ab", (7, 8)), render, prompt_ids=(1,)).ids is None
-    assert takes_id_prompts(EXACT_LOCAL) and not takes_id_prompts(LLAMA_CPP_PYTHON)
+    assert prefix_target(TEXT_ONLY, Prefix(chat, "ab", (7, 8)), render, prompt_ids=(1,)).ids is None
+    assert takes_id_prompts(EXACT_LOCAL) and not takes_id_prompts(TEXT_ONLY)
 
 
 def test_tokenize_endpoint_per_family():
@@ -68,7 +69,7 @@ def test_tokenize_endpoint_per_family():
     assert url == ROOT + "/tokenize" and body == {"content": "héllo", "add_special": True, "parse_special": True}
     url, body = tokenize_request(EXACT_LOCAL, BASE + "/", "m", "x")
     assert url == ROOT + "/extras/tokenize" and body["input"] == "x"
-    assert tokenize_request(LLAMA_CPP_PYTHON, BASE, "m", "x") is None  # stock server: text only
+    assert tokenize_request(TEXT_ONLY, BASE, "m", "x") is None  # no id prompts: text only
     assert tokenize_request(OPENAI_COMPLETIONS, BASE, "m", "x") is None
 
 
