@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import CapabilityError, CheckpointError, ConfigError
+from .budget import REQUEST_BUDGET_KEYS, request_meter
+from .errors import BudgetExceededError, CapabilityError, CheckpointError, ConfigError
 from .report import VASReport
 from .sampler import (
     DraftLengthPolicy,
@@ -54,7 +55,8 @@ NOT_GIVEN: Any = _NotGiven()
 """Sentinel for "use the client's default" (None can be a meaningful value)."""
 
 ValueSpec = ValueFunction | str | Path
-_REQUEST_KEYS = ("value_model", "beta", "k", "mode", "seed", "draft_min", "draft_max", "restrict_top_k")
+_REQUEST_KEYS = ("value_model", "beta", "k", "mode", "seed", "draft_min", "draft_max", "restrict_top_k",
+                 *REQUEST_BUDGET_KEYS)
 # SDK arguments VAS cannot honour; refused at once rather than silently ignored.
 _UNSUPPORTED = ("stream", "logprobs", "top_logprobs", "echo", "best_of", "logit_bias", "tools", "functions",
                 "response_format", "presence_penalty", "frequency_penalty")
@@ -87,6 +89,7 @@ class _Base:
         *,
         chat_template: str | None = None,
         profile: Any = None,
+        prices: Any = None,
         **defaults: Any,
     ) -> None:
         unknown = set(defaults) - set(_REQUEST_KEYS)
@@ -95,6 +98,7 @@ class _Base:
         self.client = client
         self.defaults = {"beta": 1.0, "k": 20, "mode": "auto", "seed": None, **defaults}
         self._provider_options = {"chat_template": chat_template, "profile": profile}
+        self.prices = prices  # user prices on top of vas_api/data/prices.json (vas_api.pricing)
         self._providers: dict[str, Any] = {}
         self._loaded: dict[str, ValueFunction] = {}
         self._policies: dict[tuple, DraftLengthPolicy] = {}
@@ -142,6 +146,7 @@ class _Base:
     # -- one request ----------------------------------------------------------------------
     def _plan(self, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]):
         """Validate everything up front and build one sampler per choice."""
+        vas = {**vas, **{k: sdk.pop(k) for k in REQUEST_BUDGET_KEYS if k in sdk}}
         bad = [k for k in _UNSUPPORTED if sdk.get(k) not in (None, False, NOT_GIVEN)]
         if bad:
             raise ConfigError(f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not supported by VAS requests; drop them.")
@@ -167,6 +172,8 @@ class _Base:
             **{k: opts[k] for k in ("draft_min", "draft_max") if k in opts},
         )
         provider = self.provider(model)
+        meter = request_meter(model, provider, prices=self.prices,
+                              **{k: opts[k] for k in REQUEST_BUDGET_KEYS if k in opts})
         mode = resolve_mode(opts["mode"], provider.profile, settings.k)
         if not isinstance(prompt, str) and provider.profile.continuation == "none":
             raise CapabilityError(f"{provider.profile.name} cannot continue a partial chat response.")
@@ -189,14 +196,16 @@ class _Base:
                 key = (model, betas, restrict, settings.temperature, settings.top_p, s.draft_min, s.draft_max)
                 policy = self._policies.setdefault(key, DraftLengthPolicy(
                     m_min=s.draft_min, m_max=s.draft_max,
-                    price_prompt=provider.profile.price_prompt, price_completion=provider.profile.price_completion,
+                    price_prompt=meter.price.input if meter.price else 1.0,
+                    price_completion=meter.price.output if meter.price else 1.0,
                 ))
                 samplers.append(SpeculativeSampler(s, Prefix(prompt), prompt_text, restrict_top_k=restrict, policy=policy))
         report = VASReport(mode=mode, model=model, k=settings.k, betas=betas)
-        return provider, value_fns, samplers, report
+        return provider, value_fns, samplers, report, meter
 
     @staticmethod
-    def _finish(kind: str, model: str, samplers: list[_SamplerBase], report: VASReport, timings: Timings, provider: Any):
+    def _finish(kind: str, model: str, samplers: list[_SamplerBase], report: VASReport, timings: Timings,
+                meter: Any, stop: BudgetExceededError | None = None):
         for s in samplers:
             report.usage = report.usage + s.usage
             report.traces.append(list(s.steps))
@@ -206,22 +215,37 @@ class _Base:
                 report.accepted += s.accepted
                 report.resampled += s.resampled
         report.api_calls = timings.api_calls
-        report.cost_usd = provider.profile.cost(report.usage)
+        report.usage_records, report.price = list(meter.records), meter.price
+        costs = [r.cost_usd for r in report.usage_records]
+        report.cost_usd = None if meter.price is None else sum(c for c in costs if c is not None)
         report.time_api_s, report.time_value_s, report.time_total_s = timings.api_s, timings.value_s, timings.total_s
-        return _response(kind, model, samplers, report)
+        resp = _response(kind, model, samplers, report)
+        if stop is not None:
+            report.stopped_by_budget = str(stop)
+            if meter.on_budget == "raise":
+                raise BudgetExceededError(
+                    f"{stop} The partial response is in .partial (finish_reason 'budget').",
+                    spent=stop.spent, limit=stop.limit, unit=stop.unit, partial=resp,
+                ) from stop
+        return resp
 
 
 class VASClient(_Base):
     """VAS over a synchronous openai client (or provider). See the module docstring."""
 
     def _create(self, kind: str, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]):
-        provider, value_fns, samplers, report = self._plan(model, prompt, sdk, vas)
+        provider, value_fns, samplers, report, meter = self._plan(model, prompt, sdk, vas)
         timings = Timings()
         start = time.perf_counter()
+        stop = None
         for s in samplers:
-            run(s, provider, value_fns, timings)
+            try:
+                run(s, provider, value_fns, timings, meter=meter)
+            except BudgetExceededError as e:
+                stop = _stop_all(samplers, e)
+                break
         timings.total_s = time.perf_counter() - start
-        return self._finish(kind, model, samplers, report, timings, provider)
+        return self._finish(kind, model, samplers, report, timings, meter, stop)
 
 
 class AsyncVASClient(_Base):
@@ -229,15 +253,24 @@ class AsyncVASClient(_Base):
     concurrent requests, are in flight at once; value scoring runs off the event loop."""
 
     async def _create(self, kind: str, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]):
-        provider, value_fns, samplers, report = self._plan(model, prompt, sdk, vas)
+        provider, value_fns, samplers, report, meter = self._plan(model, prompt, sdk, vas)
         per = [Timings() for _ in samplers]
         start = time.perf_counter()
-        await asyncio.gather(*(arun(s, provider, value_fns, t) for s, t in zip(samplers, per, strict=True)))
+
+        async def one(s: _SamplerBase, t: Timings) -> BudgetExceededError | None:
+            try:
+                await arun(s, provider, value_fns, t, meter=meter)
+            except BudgetExceededError as e:
+                return _stop_all([s], e)
+            return None
+
+        stops = await asyncio.gather(*(one(s, t) for s, t in zip(samplers, per, strict=True)))
         timings = Timings(
             api_s=sum(t.api_s for t in per), value_s=sum(t.value_s for t in per),
             total_s=time.perf_counter() - start, api_calls=sum(t.api_calls for t in per),
         )
-        return self._finish(kind, model, samplers, report, timings, provider)
+        stop = next((e for e in stops if e is not None), None)
+        return self._finish(kind, model, samplers, report, timings, meter, stop)
 
 
 class _Completions:
@@ -323,6 +356,14 @@ class _Chat:
 
 
 # -- helpers ------------------------------------------------------------------------------
+def _stop_all(samplers: list[_SamplerBase], exc: BudgetExceededError) -> BudgetExceededError:
+    """Mark every unfinished sampler as stopped by the budget (finish_reason "budget")."""
+    for s in samplers:
+        if not s.done:
+            s.state.finish_reason = "budget"
+    return exc
+
+
 def _betas(beta: Any, n_models: int) -> tuple[float, ...]:
     """One beta per value model: a single number is used for all of them."""
     if n_models == 0:
@@ -352,16 +393,22 @@ def _response(kind: str, model: str, samplers: list[_SamplerBase], report: VASRe
         prompt_tokens_details={"cached_tokens": u.cached_tokens},
     )
     created, rid = int(time.time()), f"vas-{uuid.uuid4().hex[:16]}"
-    finish = [s.finish_reason if s.finish_reason in ("stop", "length") else "stop" for s in samplers]
+    finish = [s.finish_reason if s.finish_reason in ("stop", "length", "budget") else "stop" for s in samplers]
     if kind == "completion":
-        choices = [CompletionChoice(index=i, text=s.response, finish_reason=f, logprobs=None)
+        choices = [CompletionChoice(index=i, text=s.response, finish_reason=_sdk_finish(f), logprobs=None)
                    for i, (s, f) in enumerate(zip(samplers, finish, strict=True))]
         resp = Completion(id=rid, choices=choices, created=created, model=model, object="text_completion", usage=usage)
     else:
-        choices = [Choice(index=i, finish_reason=f, logprobs=None,
+        choices = [Choice(index=i, finish_reason=_sdk_finish(f), logprobs=None,
                           message=ChatCompletionMessage(role="assistant", content=s.response))
                    for i, (s, f) in enumerate(zip(samplers, finish, strict=True))]
         resp = ChatCompletion(id=rid, choices=choices, created=created, model=model, object="chat.completion", usage=usage)
+    for c, f in zip(resp.choices, finish, strict=True):
+        c.finish_reason = f  # "budget" is ours: the SDK's types validate only at construction
     resp.vas = report
     return resp
+
+
+def _sdk_finish(f: str) -> str:
+    return "length" if f == "budget" else f
 

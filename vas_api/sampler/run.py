@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..budget import Meter, metered
 from ..types import AsyncProvider, Draft, Provider, ValueFunction
 from .core import Call, CandidatesCall, DraftCall, ScoreCall, Scores, _SamplerBase
 
@@ -89,8 +90,13 @@ def run(
     provider: Provider,
     value_fns: Sequence[ValueFunction],
     timings: Timings | None = None,
+    meter: Meter | None = None,
 ) -> Timings:
-    """Drive `sampler` to the end, synchronously. Returns where the time went."""
+    """Drive `sampler` to the end, synchronously. Returns where the time went.
+
+    `meter` (vas_api.budget) reserves each API call's worst case against the request's budget
+    and records its usage; BudgetExceededError stops the loop before a call that does not fit.
+    """
     t = timings or Timings()
     start = time.perf_counter()
     while (call := sampler.next_request()) is not None:
@@ -100,7 +106,9 @@ def run(
             t.value_s += time.perf_counter() - t0
             t.value_calls += 1
         else:
-            answer = _api(call, provider)
+            with metered(meter, call, sampler) as bill:
+                answer = _api(call, provider)
+                bill(answer.usage)
             t.api_s += time.perf_counter() - t0
             t.api_calls += 1
         sampler.feed(answer)
@@ -113,8 +121,10 @@ async def arun(
     provider: AsyncProvider,
     value_fns: Sequence[ValueFunction],
     timings: Timings | None = None,
+    meter: Meter | None = None,
 ) -> Timings:
-    """Drive `sampler` to the end on the event loop; value scoring runs in a worker thread."""
+    """Drive `sampler` to the end on the event loop; value scoring runs in a worker thread.
+    `meter` as in `run`."""
     t = timings or Timings()
     start = time.perf_counter()
     while (call := sampler.next_request()) is not None:
@@ -124,7 +134,9 @@ async def arun(
             t.value_s += time.perf_counter() - t0
             t.value_calls += 1
         else:
-            answer = await _aapi(call, provider)
+            with metered(meter, call, sampler) as bill:
+                answer = await _aapi(call, provider)
+                bill(answer.usage)
             t.api_s += time.perf_counter() - t0
             t.api_calls += 1
         sampler.feed(answer)
