@@ -221,12 +221,12 @@ class Budget:
             chain = self._chain()
             for b in chain:
                 if b.max_tokens is not None and b.spent_tokens + b.reserved_tokens + tokens > b.max_tokens:
-                    raise BudgetExceededError(
+                    raise _named(b, BudgetExceededError(
                         f"the {b.name} token cap ({b.max_tokens} billed tokens) would be exceeded: "
                         f"{b.spent_tokens} spent, {b.reserved_tokens} held by calls in flight, and the "
                         f"next call may bill up to {tokens}. Raise the cap or lower max_tokens.",
                         spent=b.spent_tokens, limit=b.max_tokens, unit="tokens",
-                    )
+                    ))
                 if b._max_pico is not None:
                     if usd is None:
                         raise ConfigError(
@@ -234,12 +234,12 @@ class Budget:
                             "give its price (prices=...) or cap in tokens instead."
                         )
                     if b._spent_pico + b._reserved_pico + pico > b._max_pico:
-                        raise BudgetExceededError(
+                        raise _named(b, BudgetExceededError(
                             f"the {b.name} cap of ${b.max_usd:.6g} would be exceeded: "
                             f"${b.spent_usd:.6g} spent, ${b.reserved_usd:.6g} held by calls in flight, "
                             f"and the next call may cost up to ${usd:.6g}. Raise the cap or lower max_tokens.",
                             spent=b.spent_usd, limit=b.max_usd, unit="usd",
-                        )
+                        ))
             for b in chain:
                 b.reserved_tokens += tokens
                 b._reserved_pico += pico
@@ -287,6 +287,11 @@ class Budget:
     def __repr__(self) -> str:
         return (f"Budget({self.name}: ${self.spent_usd:.6g} of {self.max_usd}, "
                 f"{self.spent_tokens} tokens of {self.max_tokens})")
+
+
+def _named(budget: Budget, exc: BudgetExceededError) -> BudgetExceededError:
+    exc.budget_name = budget.name  # which budget of the chain refused ("job", "request", ...)
+    return exc
 
 
 def _maybe_billed(exc: BaseException) -> bool:
