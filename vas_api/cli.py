@@ -39,5 +39,7 @@ def main() -> None:
         raise SystemExit(2) from None
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m vas_api.cli`: commands register on vas_api.cli's app
+    from vas_api.cli import main as _main
+
+    _main()
