@@ -46,6 +46,9 @@ _PREFILL_CHUNK = 512
 # A tree larger than this (e.g. long drafts with many candidates) is scored in parts, which
 # bounds the (N, P + N) mask and the attention scores on long prefixes.
 _MAX_TREE_NODES = 512
+# Per-request caches kept at most (score_many with keys); each is small (4 layers of SmolLM2:
+# about 6 KB per cached token).
+_MAX_KEYED_SLOTS = 512
 
 
 @dataclass
@@ -99,6 +102,7 @@ class _ScoringCache:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.slots: list[_Slot] = []
+        self.keyed: dict[Any, _Slot] = {}  # one per request in flight (score_many with keys)
         self.clock = 0
 
     def __deepcopy__(self, memo: dict) -> _ScoringCache:
@@ -322,28 +326,67 @@ class ValueModel(nn.Module):
         Raises:
             ValueModelError: more positions than the path allows, or a text is empty or too long.
         """
+        with self._cache.lock, torch.no_grad():
+            return self._score_draft_in(self._slot(prefix_text), prefix_text, path, candidates)
+
+    def score_many(
+        self,
+        requests: Sequence[tuple[str, Sequence[str], Sequence[Sequence[str]]]],
+        keys: Sequence[Any] | None = None,
+    ) -> list[list[Tensor]]:
+        """`score_draft` for several requests at once (dynamic batching across requests).
+
+        Args:
+            requests: (prefix_text, path, candidates) per request, as in `score_draft`.
+            keys: one hashable key per request (e.g. the id of its sampler): each key keeps a
+                KV cache of its own for as long as it is in use (`release` drops it), so
+                concurrent generations never evict each other's prefix. None: caches are
+                shared by longest common prefix, as in `score_draft`.
+
+        Returns:
+            One `score_draft` result per request, in order.
+
+        Raises:
+            ValueModelError: as `score_draft`, for the first request that fails.
+        """
+        if keys is not None and len(keys) != len(requests):
+            raise ValueModelError(f"score_many got {len(keys)} keys for {len(requests)} requests.")
+        with self._cache.lock, torch.no_grad():
+            out = []
+            for i, (prefix_text, path, candidates) in enumerate(requests):
+                slot = self._slot(prefix_text) if keys is None else self._keyed_slot(keys[i])
+                out.append(self._score_draft_in(slot, prefix_text, path, candidates))
+            return out
+
+    def release(self, key: Any) -> None:
+        """Drop the KV cache kept for `key` (its request has ended)."""
+        with self._cache.lock:
+            self._cache.keyed.pop(key, None)
+
+    def _score_draft_in(
+        self, slot: _Slot, prefix_text: str, path: Sequence[str], candidates: Sequence[Sequence[str]]
+    ) -> list[Tensor]:
         if len(candidates) > len(path) + 1:
             raise ValueModelError(
                 f"score_draft got candidates for {len(candidates)} positions but a path of "
                 f"{len(path)} tokens allows at most {len(path) + 1}."
             )
-        with self._cache.lock, torch.no_grad():
-            slot = self._slot(prefix_text)
-            head_ids, tail = slot.prefix.update(prefix_text)
-            texts, sizes, joined = [], [], tail
-            for i, cands in enumerate(candidates):
-                if i:
-                    joined += path[i - 1]
-                texts.extend(joined + c for c in cands)
-                sizes.append(len(cands))
-            seqs = [head_ids + t for t in self.encoder.raw(texts)]
-            flat = self._score_seqs(slot, seqs)  # (sum k_i,)
+        head_ids, tail = slot.prefix.update(prefix_text)
+        texts, sizes, joined = [], [], tail
+        for i, cands in enumerate(candidates):
+            if i:
+                joined += path[i - 1]
+            texts.extend(joined + c for c in cands)
+            sizes.append(len(cands))
+        seqs = [head_ids + t for t in self.encoder.raw(texts)]
+        flat = self._score_seqs(slot, seqs)  # (sum k_i,)
         return list(torch.split(flat, sizes))
 
     def reset_cache(self) -> None:
         """Drop every cached prefix (they are also dropped when the weights change)."""
         with self._cache.lock:
             self._cache.slots.clear()
+            self._cache.keyed.clear()
 
     # ----------------------------------------------------------------- cache internals
 
@@ -351,6 +394,25 @@ class ValueModel(nn.Module):
         # Optimizer steps and load_state_dict bump the version counters; .to() changes the data
         # pointers; either makes every cached key/value stale.
         return tuple((p.data_ptr(), p._version) for p in self.parameters())
+
+    def _keyed_slot(self, key: Any) -> _Slot:
+        """The cache slot of one request (created on first use; stale weights drop it).
+
+        At most `_MAX_KEYED_SLOTS` are kept: beyond that the least recently used is dropped (a
+        request that was never released), so a leak cannot grow without bound.
+        """
+        cache, wkey = self._cache, self._weights_key()
+        slot = cache.keyed.get(key)
+        if slot is None or slot.weights_key != wkey:
+            slot = _Slot(self.encoder)
+            slot.weights_key = wkey
+            cache.keyed[key] = slot
+            if len(cache.keyed) > _MAX_KEYED_SLOTS:
+                oldest = min(cache.keyed, key=lambda k: cache.keyed[k].last_used)
+                cache.keyed.pop(oldest)
+        cache.clock += 1
+        slot.last_used = cache.clock
+        return slot
 
     def _slot(self, prefix_text: str) -> _Slot:
         """The cache slot sharing the longest text prefix with `prefix_text` (LRU eviction)."""
