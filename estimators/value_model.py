@@ -24,7 +24,7 @@ from transformers.cache_utils import DynamicCache
 
 from estimators import checkpoint as ckpt
 from estimators._tokens import PrefixTokens, TextEncoder, common_prefix_len
-from estimators._tree import build_tree
+from estimators._tree import TokenTree, build_tree
 from estimators.backbone import DEFAULT_BACKBONE, load_backbone, prepare_tokenizer
 from vas_api.errors import CheckpointError, ValueModelError
 
@@ -352,11 +352,15 @@ class ValueModel(nn.Module):
         if keys is not None and len(keys) != len(requests):
             raise ValueModelError(f"score_many got {len(keys)} keys for {len(requests)} requests.")
         with self._cache.lock, torch.no_grad():
-            out = []
+            work, sizes = [], []
             for i, (prefix_text, path, candidates) in enumerate(requests):
                 slot = self._slot(prefix_text) if keys is None else self._keyed_slot(keys[i])
-                out.append(self._score_draft_in(slot, prefix_text, path, candidates))
-            return out
+                seqs, per_pos = self._draft_seqs(slot, prefix_text, path, candidates)
+                work.append((slot, seqs))
+                sizes.append(per_pos)
+            flats = self._score_batch(work) if keys is not None else [
+                self._score_seqs(slot, seqs) for slot, seqs in work]
+            return [list(torch.split(f, sz)) for f, sz in zip(flats, sizes, strict=True)]
 
     def release(self, key: Any) -> None:
         """Drop the KV cache kept for `key` (its request has ended)."""
@@ -366,6 +370,13 @@ class ValueModel(nn.Module):
     def _score_draft_in(
         self, slot: _Slot, prefix_text: str, path: Sequence[str], candidates: Sequence[Sequence[str]]
     ) -> list[Tensor]:
+        seqs, sizes = self._draft_seqs(slot, prefix_text, path, candidates)
+        return list(torch.split(self._score_seqs(slot, seqs), sizes))  # (sum k_i,) split
+
+    def _draft_seqs(
+        self, slot: _Slot, prefix_text: str, path: Sequence[str], candidates: Sequence[Sequence[str]]
+    ) -> tuple[list[list[int]], list[int]]:
+        """The id sequences a draft's candidates are scored as, and the candidates per position."""
         if len(candidates) > len(path) + 1:
             raise ValueModelError(
                 f"score_draft got candidates for {len(candidates)} positions but a path of "
@@ -378,9 +389,7 @@ class ValueModel(nn.Module):
                 joined += path[i - 1]
             texts.extend(joined + c for c in cands)
             sizes.append(len(cands))
-        seqs = [head_ids + t for t in self.encoder.raw(texts)]
-        flat = self._score_seqs(slot, seqs)  # (sum k_i,)
-        return list(torch.split(flat, sizes))
+        return [head_ids + t for t in self.encoder.raw(texts)], sizes
 
     def reset_cache(self) -> None:
         """Drop every cached prefix (they are also dropped when the weights change)."""
@@ -465,7 +474,9 @@ class ValueModel(nn.Module):
             slot.kv, slot.kv_ids, slot.kv_values = None, [], None
             raise
 
-    def _score_seqs_unchecked(self, slot: _Slot, seqs: list[list[int]]) -> Tensor:
+    def _prepare(self, slot: _Slot, seqs: list[list[int]]) -> TokenTree:
+        """Crop the slot's cache to what `seqs` share, prefill a long new trunk, and return the
+        tree of what is left to run below the cache."""
         shared = min(len(s) for s in seqs)
         for s in seqs[1:]:
             shared = common_prefix_len(seqs[0][:shared], s[:shared])
@@ -488,8 +499,22 @@ class ValueModel(nn.Module):
             v = self._run(slot, torch.tensor([chunk], device=self.device), None, None)
             self._commit(slot, chunk, v)
 
-        p = len(slot.kv_ids)
-        tree = build_tree(seqs, p)
+        return build_tree(seqs, len(slot.kv_ids))
+
+    def _finish(self, slot: _Slot, seqs: list[list[int]], tree: TokenTree, v: Tensor, cached: Tensor | None) -> Tensor:
+        """Keep the tree's trunk in the slot (its K/V are already appended) and pick each
+        sequence's value: v holds V at every tree node, (N,)."""
+        if len(tree):
+            self._commit(slot, tree.tokens[: tree.trunk], v[: tree.trunk])
+        last = torch.tensor(tree.last, dtype=torch.long)  # (n,) node of each sequence's end
+        out = v[last.clamp(min=0)] if len(tree) else torch.zeros(len(seqs))
+        # Sequences that end inside the cache take the value stored for their last token.
+        for i in (last < 0).nonzero().flatten().tolist():
+            out[i] = cached[len(seqs[i]) - 1]
+        return out
+
+    def _score_seqs_unchecked(self, slot: _Slot, seqs: list[list[int]]) -> Tensor:
+        tree = self._prepare(slot, seqs)
         if len(tree) > _MAX_TREE_NODES and len(seqs) > 1:
             half = len(seqs) // 2
             first = self._score_seqs_unchecked(slot, seqs[:half])
@@ -501,15 +526,98 @@ class ValueModel(nn.Module):
             # Keep the shared trunk in the cache for the next call; drop the branches.
             if len(tree) > tree.trunk:
                 slot.kv.crop(tree.trunk - len(tree))
-            self._commit(slot, tree.tokens[: tree.trunk], v[: tree.trunk])
         else:
             v = torch.zeros(0)
-        last = torch.tensor(tree.last, dtype=torch.long)  # (n,) node of each sequence's end
-        out = v[last.clamp(min=0)] if len(tree) else torch.zeros(len(seqs))
-        # Sequences that end inside the cache take the value stored for their last token.
-        for i in (last < 0).nonzero().flatten().tolist():
-            out[i] = cached[len(seqs[i]) - 1]
-        return out
+        return self._finish(slot, seqs, tree, v, cached)
+
+    def _score_batch(self, work: list[tuple[_Slot, list[list[int]]]]) -> list[Tensor]:
+        """V at the last token of every sequence of several requests, each over its own slot's
+        cache, with the requests' trees run as ONE batched forward.
+
+        The slots' caches (different lengths P_b) are right-padded to the longest and stacked,
+        each tree (N_b nodes) is padded to the longest; the (B, 1, N, P + N) mask lets row b see
+        its own cached tokens and its own tree only, and position ids are the nodes' depths, so
+        every node computes what it would alone. Each slot then keeps its own trunk's K/V.
+        Trees too big for one forward, and single requests, take the one-request path.
+        """
+        out: list[Tensor | None] = [None] * len(work)
+        batch: list[tuple[int, TokenTree, Tensor | None]] = []
+        for i, (slot, seqs) in enumerate(work):
+            for sq in seqs:
+                self._check_length(len(sq))
+            try:
+                tree = self._prepare(slot, seqs)
+            except BaseException:
+                slot.kv, slot.kv_ids, slot.kv_values = None, [], None
+                raise
+            if len(tree) == 0 or len(tree) > _MAX_TREE_NODES or len(work) == 1:
+                out[i] = self._score_seqs(slot, seqs)  # the tree is rebuilt there (cheap)
+            else:
+                batch.append((i, tree, slot.kv_values))
+        if len(batch) == 1:
+            i, _, _ = batch[0]
+            out[i] = self._score_seqs(work[i][0], work[i][1])
+        elif batch:
+            try:
+                values = self._run_batched([(work[i][0], tree) for i, tree, _ in batch])
+            except BaseException:
+                for i, _, _ in batch:
+                    slot = work[i][0]
+                    slot.kv, slot.kv_ids, slot.kv_values = None, [], None
+                raise
+            for (i, tree, cached), v in zip(batch, values, strict=True):
+                out[i] = self._finish(work[i][0], work[i][1], tree, v, cached)
+        return out  # type: ignore[return-value]
+
+    def _run_batched(self, jobs: list[tuple[_Slot, TokenTree]]) -> list[Tensor]:
+        """One forward over several slots' trees; appends each tree's trunk K/V to its slot.
+        Returns V at every node of each tree, (N_b,)."""
+        dev, dt = self.device, self.dtype
+        n_layers = self.backbone.config.num_hidden_layers
+        p_len = [t.offset for _, t in jobs]
+        n_len = [len(t) for _, t in jobs]
+        P, N, B = max(p_len), max(n_len), len(jobs)
+        ids = torch.full((B, N), self.tokenizer.pad_token_id, dtype=torch.long, device=dev)  # (B, N)
+        pos = torch.zeros((B, N), dtype=torch.long, device=dev)  # (B, N)
+        neg = torch.finfo(dt).min
+        mask = torch.full((B, 1, N, P + N), neg, dtype=dt, device=dev)  # (B, 1, N, P + N)
+        for b, (_, tree) in enumerate(jobs):
+            t_ids, t_pos, t_mask = tree.inputs(device=dev, dtype=dt)  # (1, n), (1, n), (1, 1, n, p + n)
+            n, p = n_len[b], p_len[b]
+            ids[b, :n], pos[b, :n] = t_ids[0], t_pos[0]
+            mask[b, 0, :n, :p] = t_mask[0, 0, :, :p]
+            mask[b, 0, :n, P : P + n] = t_mask[0, 0, :, p:]
+            idx = torch.arange(n, N, device=dev)
+            mask[b, 0, idx, P + idx] = 0  # padding rows see themselves only (no NaN)
+        kv = DynamicCache(config=self.backbone.config)
+        if P:
+            for layer in range(n_layers):
+                ks, vs = [], []
+                for (slot, _), p in zip(jobs, p_len, strict=True):
+                    if p:
+                        k, v = slot.kv.layers[layer].keys, slot.kv.layers[layer].values  # (1, H, p, D)
+                    else:
+                        ref = next(s.kv.layers[layer] for s, q in zip([j[0] for j in jobs], p_len, strict=True) if q)
+                        k = ref.keys.new_zeros((1, *ref.keys.shape[1:2], 0, ref.keys.shape[-1]))
+                        v = ref.values.new_zeros((1, *ref.values.shape[1:2], 0, ref.values.shape[-1]))
+                    pad = P - p
+                    ks.append(torch.nn.functional.pad(k, (0, 0, 0, pad)))
+                    vs.append(torch.nn.functional.pad(v, (0, 0, 0, pad)))
+                kv.update(torch.cat(ks), torch.cat(vs), layer)  # (B, H, P, D)
+        out = self.backbone(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=kv,
+                            use_cache=True)
+        v_all = self.head(out.last_hidden_state)[..., 0].float().cpu()  # (B, N)
+        results = []
+        for b, (slot, tree) in enumerate(jobs):
+            trunk = tree.trunk
+            if trunk:
+                if slot.kv is None:
+                    slot.kv = DynamicCache(config=self.backbone.config)
+                for layer in range(n_layers):
+                    lk, lv = kv.layers[layer].keys, kv.layers[layer].values  # (B, H, P + N, D)
+                    slot.kv.update(lk[b : b + 1, :, P : P + trunk].clone(), lv[b : b + 1, :, P : P + trunk].clone(), layer)
+            results.append(v_all[b, : n_len[b]])
+        return results
 
     @staticmethod
     def _commit(slot: _Slot, ids: list[int], values: Tensor) -> None:

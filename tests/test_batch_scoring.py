@@ -21,11 +21,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ATOL = 1e-4
 
 
-def test_score_many_with_keys_keeps_one_cache_per_request_and_matches_values():
+def test_score_many_with_keys_keeps_one_cache_per_request_and_matches_values(monkeypatch):
     model = tiny_model(seed=1, cache_slots=1)
+    batched: list[int] = []
+    real = model._run_batched
+    monkeypatch.setattr(model, "_run_batched", lambda jobs: batched.append(len(jobs)) or real(jobs))
     rng = random.Random(0)
     prefixes = {i: PROMPT + f"Story {i}:" for i in range(6)}
-    for _step in range(4):
+    for step in range(5):
+        if step == 3:  # a request joins late: an empty cache batched with full ones
+            prefixes[6] = PROMPT + "A late one:"
         order = list(prefixes)
         rng.shuffle(order)
         reqs = []
@@ -40,10 +45,12 @@ def test_score_many_with_keys_keeps_one_cache_per_request_and_matches_values():
                 assert np.allclose(per_pos[j].numpy(), want.numpy(), atol=ATOL)
         for i, (_, path, _) in zip(order, reqs, strict=True):
             prefixes[i] += path[0]
-    # Six requests with one shared slot allowed, yet each kept its own cache.
-    assert len(model._cache.keyed) == 6 and all(s.kv_ids for s in model._cache.keyed.values())
+    # One forward per step for all the requests (not one per request).
+    assert batched == [6, 6, 6, 7, 7]
+    # Seven requests with one shared slot allowed, yet each kept its own cache.
+    assert len(model._cache.keyed) == 7 and all(s.kv_ids for s in model._cache.keyed.values())
     model.release(order[0])
-    assert len(model._cache.keyed) == 5
+    assert len(model._cache.keyed) == 6
     with pytest.raises(vas_api.ValueModelError, match="keys"):
         model.score_many(reqs, keys=[1])
 
