@@ -137,3 +137,18 @@ def test_async_client_batches_value_calls_and_releases_caches():
     assert together == alone  # token mode on a fake server: seeds fix every draw
     assert max(vf.many_sizes) > 1 and max(vf_alone.many_sizes) == 1
     assert len(vf.released) == 12
+
+
+def test_residual_score_many_adds_the_prefix_reward_to_batched_corrections():
+    from estimators.baselines import PrefixRewardValue, ResidualValueModel
+
+    res = ResidualValueModel(tiny_model(seed=2), PrefixRewardValue("vader"))
+    reqs = [(PROMPT + "A great day", [" and", " a"], [[" good", " sad"], [" bad"], [" fine", "!"]]),
+            (PROMPT + "It rained", [" all"], [[" day", " night"], [" long"]])]
+    got = res.score_many(reqs, keys=["a", "b"])
+    for (prefix, path, cands), per_pos in zip(reqs, got, strict=True):
+        for j, cs in enumerate(cands):
+            want = res.values([prefix + "".join(path[:j]) + c for c in cs])
+            assert np.allclose(per_pos[j].numpy(), want.numpy(), atol=ATOL)
+    res.release("a")
+    assert set(res.model._cache.keyed) == {"b"}
