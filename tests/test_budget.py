@@ -358,3 +358,21 @@ class _Likes:
 
     def score_candidates(self, prefix_text, candidate_texts):
         return [(prefix_text + c).count("good") for c in candidate_texts]
+
+
+def test_areserve_waits_for_holds_in_flight_but_refuses_when_spend_leaves_no_room():
+    b = Budget(max_tokens=100, name="job")
+
+    async def main():
+        held = b.reserve(60, None)  # a call in flight holding its worst case
+        waiter = asyncio.ensure_future(b.areserve(50, None))
+        await asyncio.sleep(0)
+        assert not waiter.done()  # 60 held + 50 > 100, but 0 spent + 50 fits: it waits
+        b.settle(held, _record(8, 2, None))  # the call billed only 10
+        r = await waiter
+        assert b.spent_tokens == 10 and b.reserved_tokens == 50
+        b.settle(r, _record(40, 10, None))
+        with pytest.raises(BudgetExceededError):  # 60 spent + 50 > 100: no waiting helps
+            await b.areserve(50, None)
+
+    asyncio.run(main())

@@ -129,6 +129,8 @@ class Budget:
         self.max_tokens = max_tokens
         self._max_pico = None if max_usd is None else math.floor(max_usd * _PICO + 1e-6)
         self._lock: threading.RLock = parent._lock if parent is not None else threading.RLock()
+        # Wakes callers waiting for calls in flight to settle (one per chain, like the lock).
+        self._waiters: list[tuple[Any, Any]] = parent._waiters if parent is not None else []
         self._spent_pico = 0
         self._reserved_pico = 0
         self.spent_tokens = 0
@@ -221,7 +223,8 @@ class Budget:
             chain = self._chain()
             for b in chain:
                 if b.max_tokens is not None and b.spent_tokens + b.reserved_tokens + tokens > b.max_tokens:
-                    raise _named(b, BudgetExceededError(
+                    busy = b.spent_tokens + tokens <= b.max_tokens
+                    raise _named(b, busy, BudgetExceededError(
                         f"the {b.name} token cap ({b.max_tokens} billed tokens) would be exceeded: "
                         f"{b.spent_tokens} spent, {b.reserved_tokens} held by calls in flight, and the "
                         f"next call may bill up to {tokens}. Raise the cap or lower max_tokens.",
@@ -234,7 +237,8 @@ class Budget:
                             "give its price (prices=...) or cap in tokens instead."
                         )
                     if b._spent_pico + b._reserved_pico + pico > b._max_pico:
-                        raise _named(b, BudgetExceededError(
+                        busy = b._spent_pico + pico <= b._max_pico
+                        raise _named(b, busy, BudgetExceededError(
                             f"the {b.name} cap of ${b.max_usd:.6g} would be exceeded: "
                             f"${b.spent_usd:.6g} spent, ${b.reserved_usd:.6g} held by calls in flight, "
                             f"and the next call may cost up to ${usd:.6g}. Raise the cap or lower max_tokens.",
@@ -245,6 +249,36 @@ class Budget:
                 b._reserved_pico += pico
             return Reservation(tokens, pico, chain)
 
+    async def areserve(self, tokens: int, usd: float | None) -> Reservation:
+        """`reserve`, but when the call fits what is *spent* and only the holds of calls in
+        flight are in the way, wait for them to settle instead of refusing (their real usage is
+        usually far below the worst case they hold). Refuses at once when the spend itself
+        leaves no room. Waiting callers hold nothing, so they cannot block each other.
+
+        Raises:
+            as `reserve`.
+        """
+        import asyncio
+
+        while True:
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            with self._lock:
+                try:
+                    return self.reserve(tokens, usd)
+                except BudgetExceededError as e:
+                    if not getattr(e, "busy", False):
+                        raise
+                    self._waiters.append((loop, fut))
+            await fut
+
+    def _wake(self) -> None:
+        """Called under the lock whenever holds shrink: wake every waiter to try again."""
+        waiters, self._waiters[:] = list(self._waiters), []
+        for loop, fut in waiters:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
+                loop.call_soon_threadsafe(_set_done, fut)
+
     def release(self, r: Reservation) -> None:
         """Give a reservation back unused (the call was not billed)."""
         with self._lock:
@@ -254,6 +288,7 @@ class Budget:
             for b in r.chain:
                 b.reserved_tokens -= r.tokens
                 b._reserved_pico -= r.pico
+            self._wake()
 
     def settle(self, r: Reservation, record: UsageRecord) -> None:
         """Replace a reservation by what the call really billed, and keep its record in every
@@ -289,9 +324,15 @@ class Budget:
                 f"{self.spent_tokens} tokens of {self.max_tokens})")
 
 
-def _named(budget: Budget, exc: BudgetExceededError) -> BudgetExceededError:
+def _named(budget: Budget, busy: bool, exc: BudgetExceededError) -> BudgetExceededError:
     exc.budget_name = budget.name  # which budget of the chain refused ("job", "request", ...)
+    exc.busy = busy  # the spend leaves room: only holds of calls in flight are in the way
     return exc
+
+
+def _set_done(fut: Any) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _maybe_billed(exc: BaseException) -> bool:
@@ -352,6 +393,14 @@ class Meter:
         prompt = self.prompt_bound(text)
         return prompt * attempts, completion * n * attempts, attempts
 
+    def _plan(self, call: Any, sampler: Any) -> tuple[str, int, int, int, float | None]:
+        prefix = getattr(call, "prefix", None)
+        response = getattr(prefix, "response", "") if prefix is not None else ""
+        text = getattr(sampler, "prompt_text", "") + (response or "")
+        prompt, completion, attempts = self.worst_case(call, text)
+        usd = None if self.price is None else self.price.worst_case(prompt, completion)
+        return text, prompt, completion, attempts, usd
+
     @contextlib.contextmanager
     def call(self, call: Any, sampler: Any) -> Iterator[Callable[[Usage], None]]:
         """Reserve the worst case of `call` (made by `sampler`), yield a `bill(usage)` to
@@ -362,16 +411,33 @@ class Meter:
             BudgetExceededError: the call does not fit; `partial` holds the sampler's response
                 so far.
         """
-        prefix = getattr(call, "prefix", None)
-        response = getattr(prefix, "response", "") if prefix is not None else ""
-        text = getattr(sampler, "prompt_text", "") + (response or "")
-        prompt, completion, attempts = self.worst_case(call, text)
-        usd = None if self.price is None else self.price.worst_case(prompt, completion)
+        plan = self._plan(call, sampler)
+        text, prompt, completion, _, usd = plan
         try:
             r = self.budget.reserve(prompt + completion, usd)
         except BudgetExceededError as e:
             e.partial = getattr(sampler, "response", None)
             raise
+        with self._settling(r, call, plan) as bill:
+            yield bill
+
+    @contextlib.asynccontextmanager
+    async def acall(self, call: Any, sampler: Any):
+        """`call` for the event loop: when only calls in flight hold the room this call needs,
+        it waits for them to settle (`Budget.areserve`) instead of failing."""
+        plan = self._plan(call, sampler)
+        text, prompt, completion, _, usd = plan
+        try:
+            r = await self.budget.areserve(prompt + completion, usd)
+        except BudgetExceededError as e:
+            e.partial = getattr(sampler, "response", None)
+            raise
+        with self._settling(r, call, plan) as bill:
+            yield bill
+
+    @contextlib.contextmanager
+    def _settling(self, r: Reservation, call: Any, plan: tuple) -> Iterator[Callable[[Usage], None]]:
+        text, prompt, completion, attempts, usd = plan
         kind = type(call).__name__.removesuffix("Call").lower() or "call"
         billed: list[Usage] = []
         try:
@@ -456,3 +522,10 @@ def request_meter(
     extra = getattr(profile, "extra", {}) or {}
     attempts = 1 if extra.get("min_tokens_for_eos") else 1 + EOS_RETRIES
     return Meter(model, price, request, candidate_attempts=attempts, on_budget=on_budget)
+
+
+def ametered(meter: Meter | None, call: Any, sampler: Any) -> contextlib.AbstractAsyncContextManager:
+    """`meter.acall(call, sampler)`, or a no-op without a meter (the hook in `arun`)."""
+    if meter is None:
+        return contextlib.nullcontext(lambda _usage: None)
+    return meter.acall(call, sampler)

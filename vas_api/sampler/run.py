@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..budget import Meter, metered
+from ..budget import Meter, ametered, metered
 from ..types import AsyncProvider, Draft, Provider, ValueFunction
 from .core import Call, CandidatesCall, DraftCall, ScoreCall, Scores, _SamplerBase
 
@@ -276,7 +276,7 @@ async def arun(
             t.value_s += time.perf_counter() - t0
             t.value_calls += 1
         else:
-            with metered(meter, call, sampler) as bill:
+            async with ametered(meter, call, sampler) as bill:
                 answer = await _aapi(call, provider)
                 bill(answer.usage)
             t.api_s += time.perf_counter() - t0
