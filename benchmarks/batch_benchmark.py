@@ -178,12 +178,13 @@ def run_setting(server, link: str, base_url: str, value, args, concurrency: int,
                 batchers = list(run_mod._BATCHERS.get(asyncio.get_running_loop(), {}).values())
                 batches = sum(b.batches for b in batchers)
                 calls = sum(b.calls for b in batchers)
-                return summary, batches, calls
+                busy = sum(b.busy_s for b in batchers)
+                return summary, batches, calls, busy
             finally:
                 if client is not None:
                     await client.close()
 
-        summary, batches, calls = asyncio.run(main())
+        summary, batches, calls, busy = asyncio.run(main())
         recs = [json.loads(line) for line in out.read_text().splitlines()]
     ok = [r for r in recs if r["status"] == "ok"]
     if not ok:
@@ -200,6 +201,7 @@ def run_setting(server, link: str, base_url: str, value, args, concurrency: int,
         "value_s_per_item": statistics.mean(val),
         "item_latency_s_median": statistics.median(r["seconds"] for r in ok),
         "value_batches": batches, "value_calls": calls,
+        "value_busy_share": busy / summary.seconds,  # of the wall time, the value worker was busy
         "mean_value_batch": calls / batches if batches else 0.0,
         "errors": sorted({r["error"]["message"][:200] for r in recs if r["status"] != "ok"})[:3],
     }
@@ -267,14 +269,25 @@ def main() -> None:
             result[f"bound_value_items_per_min_{link}"] = 60 / r["value_s_per_item"] if r["value_s_per_item"] else None
             if link == "direct":
                 result["bound_server_items_per_min"] = 60 / r["api_wait_s_per_item"]
+    # What limits each setting: the server when the rate is at its one-request-at-a-time bound,
+    # the value model when its worker thread was busy most of the wall time, else the client
+    # (latency not yet overlapped: too few items in flight, or the event loop's own work).
+    bound = result.get("bound_server_items_per_min")
+    for r in rows:
+        if r["link"] != "fake" and bound and r["items_per_min"] >= 0.8 * bound:
+            r["limited_by"] = "server (answers one request at a time)"
+        elif r["value_busy_share"] >= 0.7:
+            r["limited_by"] = "value model (its worker was busy most of the time)"
+        else:
+            r["limited_by"] = "client / latency (waits not yet overlapped)"
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{args.out}.json"
     path.write_text(json.dumps(result, indent=2))
-    print("\n| link | c | items/min | API s/item | value s/item | mean value batch |")
-    print("|---|---|---|---|---|---|")
+    print("\n| link | c | items/min | API s/item | value s/item | mean value batch | value busy | limited by |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['link']} | {r['concurrency']} | {r['items_per_min']:.1f} | {r['api_wait_s_per_item']:.2f} | "
-              f"{r['value_s_per_item']:.2f} | {r['mean_value_batch']:.1f} |")
+              f"{r['value_s_per_item']:.2f} | {r['mean_value_batch']:.1f} | {r['value_busy_share']:.2f} | {r['limited_by']} |")
     print(f"speedup c16 vs c1: direct {result['speedup_c16_vs_c1_direct']}, "
           f"server +{args.delay * 1000:.0f} ms {result['speedup_c16_vs_c1_300ms']}, "
           f"fake +{args.delay * 1000:.0f} ms {result['speedup_c16_vs_c1_fake300ms']}")

@@ -105,8 +105,9 @@ class ScoreBatcher:
         self._queue: list[tuple[ScoreCall, Any, asyncio.Future]] = []
         self._drain_task: asyncio.Task | None = None
         self._released: set[int] = set()
-        self.batches = 0  # batches run, and calls in them (for benchmarks)
+        self.batches = 0  # batches run, calls in them, and seconds the worker was busy (benchmarks)
         self.calls = 0
+        self.busy_s = 0.0
 
     async def score(self, call: ScoreCall, key: Any = None) -> list[np.ndarray]:
         """The value model's (n_j,) scores at every position of `call`.
@@ -146,7 +147,9 @@ class ScoreBatcher:
             batch = [b for b in batch if not b[2].cancelled()]
             if not batch:
                 continue
+            t0 = time.perf_counter()
             results = await asyncio.to_thread(self._run, [(c, k) for c, k, _ in batch])
+            self.busy_s += time.perf_counter() - t0
             self.batches += 1
             self.calls += len(batch)
             for (_, _, fut), r in zip(batch, results, strict=True):
