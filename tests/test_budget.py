@@ -376,3 +376,18 @@ def test_areserve_waits_for_holds_in_flight_but_refuses_when_spend_leaves_no_roo
             await b.areserve(50, None)
 
     asyncio.run(main())
+
+
+def test_reserve_wait_blocks_a_thread_until_holds_settle():
+    b = Budget(max_usd=1e-3, name="job")
+    held = b.reserve(10, 8e-4)
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(b.reserve_wait(10, 5e-4)))
+    t.start()
+    t.join(timeout=0.2)
+    assert t.is_alive() and not got  # waiting: 8e-4 held + 5e-4 > 1e-3, nothing spent yet
+    b.settle(held, _record(50, 0))  # billed 1e-4
+    t.join(timeout=10)
+    assert got and b.reserved_usd == pytest.approx(5e-4)
+    with pytest.raises(BudgetExceededError):
+        b.reserve_wait(10, 9.5e-4)  # 1e-4 spent + 9.5e-4 > 1e-3: refused at once

@@ -131,6 +131,7 @@ class Budget:
         self._lock: threading.RLock = parent._lock if parent is not None else threading.RLock()
         # Wakes callers waiting for calls in flight to settle (one per chain, like the lock).
         self._waiters: list[tuple[Any, Any]] = parent._waiters if parent is not None else []
+        self._cond: threading.Condition = parent._cond if parent is not None else threading.Condition(self._lock)
         self._spent_pico = 0
         self._reserved_pico = 0
         self.spent_tokens = 0
@@ -249,6 +250,17 @@ class Budget:
                 b._reserved_pico += pico
             return Reservation(tokens, pico, chain)
 
+    def reserve_wait(self, tokens: int, usd: float | None) -> Reservation:
+        """`areserve` for threads: blocks while only holds of calls in flight are in the way."""
+        with self._lock:
+            while True:
+                try:
+                    return self.reserve(tokens, usd)
+                except BudgetExceededError as e:
+                    if not getattr(e, "busy", False):
+                        raise
+                    self._cond.wait()
+
     async def areserve(self, tokens: int, usd: float | None) -> Reservation:
         """`reserve`, but when the call fits what is *spent* and only the holds of calls in
         flight are in the way, wait for them to settle instead of refusing (their real usage is
@@ -274,6 +286,7 @@ class Budget:
 
     def _wake(self) -> None:
         """Called under the lock whenever holds shrink: wake every waiter to try again."""
+        self._cond.notify_all()
         waiters, self._waiters[:] = list(self._waiters), []
         for loop, fut in waiters:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
@@ -414,7 +427,7 @@ class Meter:
         plan = self._plan(call, sampler)
         text, prompt, completion, _, usd = plan
         try:
-            r = self.budget.reserve(prompt + completion, usd)
+            r = self.budget.reserve_wait(prompt + completion, usd)
         except BudgetExceededError as e:
             e.partial = getattr(sampler, "response", None)
             raise
