@@ -186,3 +186,14 @@ def test_sync_client_runs_items_in_threads(tmp_path):
     s = run_batch(sync, inp, out, model="fake", progress=False, concurrency=4, max_usd=1.0)
     assert s.done == 8 and 0 < s.spend_usd <= 1.0
     assert s.spend_recomputed_usd == pytest.approx(s.spend_usd, rel=1e-9)
+
+
+def test_run_batch_inside_a_running_event_loop_like_a_notebook(tmp_path):
+    inp = write_items(tmp_path / "in.jsonl", 4)
+    out = tmp_path / "out.jsonl"
+
+    async def cell():  # a notebook cell: an event loop is already running
+        return run_batch(client(), inp, out, model="fake", progress=False)
+
+    s = asyncio.run(cell())
+    assert s.done == 4 and len(records(out)) == 4
