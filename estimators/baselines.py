@@ -179,6 +179,28 @@ class ResidualValueModel(torch.nn.Module):
             for cands, corr in zip(candidates, corrections, strict=True)
         ]
 
+    def score_many(
+        self,
+        requests: Sequence[tuple[str, Sequence[str], Sequence[Sequence[str]]]],
+        keys: Sequence[Any] | None = None,
+    ) -> list[list[torch.Tensor]]:
+        """`score_draft` for several requests: the corrections in one batched forward
+        (`ValueModel.score_many`, a KV cache per key), plus each candidate's prefix reward."""
+        corrections = self.model.score_many(requests, keys=keys)
+        out = []
+        for (prefix_text, path, candidates), corr in zip(requests, corrections, strict=True):
+            texts = [prefix_text + "".join(path[:i]) + c for i, cands in enumerate(candidates) for c in cands]
+            base = iter(self.baseline.values(texts))
+            out.append([
+                torch.tensor([next(base) for _ in cands], dtype=c.dtype).to(c.device) + c
+                for cands, c in zip(candidates, corr, strict=True)
+            ])
+        return out
+
+    def release(self, key: Any) -> None:
+        """Drop the KV cache kept for `key` (see `ValueModel.release`)."""
+        self.model.release(key)
+
     def residual_metadata(self) -> dict[str, Any]:
         """What a checkpoint stores to rebuild the baseline."""
         if self.baseline.marker is None:

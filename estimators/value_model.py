@@ -24,7 +24,7 @@ from transformers.cache_utils import DynamicCache
 
 from estimators import checkpoint as ckpt
 from estimators._tokens import PrefixTokens, TextEncoder, common_prefix_len
-from estimators._tree import build_tree
+from estimators._tree import TokenTree, build_tree
 from estimators.backbone import DEFAULT_BACKBONE, load_backbone, prepare_tokenizer
 from vas_api.errors import CheckpointError, ValueModelError
 
@@ -46,6 +46,9 @@ _PREFILL_CHUNK = 512
 # A tree larger than this (e.g. long drafts with many candidates) is scored in parts, which
 # bounds the (N, P + N) mask and the attention scores on long prefixes.
 _MAX_TREE_NODES = 512
+# Per-request caches kept at most (score_many with keys); each is small (4 layers of SmolLM2:
+# about 6 KB per cached token).
+_MAX_KEYED_SLOTS = 512
 
 
 @dataclass
@@ -99,6 +102,7 @@ class _ScoringCache:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.slots: list[_Slot] = []
+        self.keyed: dict[Any, _Slot] = {}  # one per request in flight (score_many with keys)
         self.clock = 0
 
     def __deepcopy__(self, memo: dict) -> _ScoringCache:
@@ -322,28 +326,76 @@ class ValueModel(nn.Module):
         Raises:
             ValueModelError: more positions than the path allows, or a text is empty or too long.
         """
+        with self._cache.lock, torch.no_grad():
+            return self._score_draft_in(self._slot(prefix_text), prefix_text, path, candidates)
+
+    def score_many(
+        self,
+        requests: Sequence[tuple[str, Sequence[str], Sequence[Sequence[str]]]],
+        keys: Sequence[Any] | None = None,
+    ) -> list[list[Tensor]]:
+        """`score_draft` for several requests at once (dynamic batching across requests).
+
+        Args:
+            requests: (prefix_text, path, candidates) per request, as in `score_draft`.
+            keys: one hashable key per request (e.g. the id of its sampler): each key keeps a
+                KV cache of its own for as long as it is in use (`release` drops it), so
+                concurrent generations never evict each other's prefix. None: caches are
+                shared by longest common prefix, as in `score_draft`.
+
+        Returns:
+            One `score_draft` result per request, in order.
+
+        Raises:
+            ValueModelError: as `score_draft`, for the first request that fails.
+        """
+        if keys is not None and len(keys) != len(requests):
+            raise ValueModelError(f"score_many got {len(keys)} keys for {len(requests)} requests.")
+        with self._cache.lock, torch.no_grad():
+            work, sizes = [], []
+            for i, (prefix_text, path, candidates) in enumerate(requests):
+                slot = self._slot(prefix_text) if keys is None else self._keyed_slot(keys[i])
+                seqs, per_pos = self._draft_seqs(slot, prefix_text, path, candidates)
+                work.append((slot, seqs))
+                sizes.append(per_pos)
+            flats = self._score_batch(work) if keys is not None else [
+                self._score_seqs(slot, seqs) for slot, seqs in work]
+            return [list(torch.split(f, sz)) for f, sz in zip(flats, sizes, strict=True)]
+
+    def release(self, key: Any) -> None:
+        """Drop the KV cache kept for `key` (its request has ended)."""
+        with self._cache.lock:
+            self._cache.keyed.pop(key, None)
+
+    def _score_draft_in(
+        self, slot: _Slot, prefix_text: str, path: Sequence[str], candidates: Sequence[Sequence[str]]
+    ) -> list[Tensor]:
+        seqs, sizes = self._draft_seqs(slot, prefix_text, path, candidates)
+        return list(torch.split(self._score_seqs(slot, seqs), sizes))  # (sum k_i,) split
+
+    def _draft_seqs(
+        self, slot: _Slot, prefix_text: str, path: Sequence[str], candidates: Sequence[Sequence[str]]
+    ) -> tuple[list[list[int]], list[int]]:
+        """The id sequences a draft's candidates are scored as, and the candidates per position."""
         if len(candidates) > len(path) + 1:
             raise ValueModelError(
                 f"score_draft got candidates for {len(candidates)} positions but a path of "
                 f"{len(path)} tokens allows at most {len(path) + 1}."
             )
-        with self._cache.lock, torch.no_grad():
-            slot = self._slot(prefix_text)
-            head_ids, tail = slot.prefix.update(prefix_text)
-            texts, sizes, joined = [], [], tail
-            for i, cands in enumerate(candidates):
-                if i:
-                    joined += path[i - 1]
-                texts.extend(joined + c for c in cands)
-                sizes.append(len(cands))
-            seqs = [head_ids + t for t in self.encoder.raw(texts)]
-            flat = self._score_seqs(slot, seqs)  # (sum k_i,)
-        return list(torch.split(flat, sizes))
+        head_ids, tail = slot.prefix.update(prefix_text)
+        texts, sizes, joined = [], [], tail
+        for i, cands in enumerate(candidates):
+            if i:
+                joined += path[i - 1]
+            texts.extend(joined + c for c in cands)
+            sizes.append(len(cands))
+        return [head_ids + t for t in self.encoder.raw(texts)], sizes
 
     def reset_cache(self) -> None:
         """Drop every cached prefix (they are also dropped when the weights change)."""
         with self._cache.lock:
             self._cache.slots.clear()
+            self._cache.keyed.clear()
 
     # ----------------------------------------------------------------- cache internals
 
@@ -351,6 +403,25 @@ class ValueModel(nn.Module):
         # Optimizer steps and load_state_dict bump the version counters; .to() changes the data
         # pointers; either makes every cached key/value stale.
         return tuple((p.data_ptr(), p._version) for p in self.parameters())
+
+    def _keyed_slot(self, key: Any) -> _Slot:
+        """The cache slot of one request (created on first use; stale weights drop it).
+
+        At most `_MAX_KEYED_SLOTS` are kept: beyond that the least recently used is dropped (a
+        request that was never released), so a leak cannot grow without bound.
+        """
+        cache, wkey = self._cache, self._weights_key()
+        slot = cache.keyed.get(key)
+        if slot is None or slot.weights_key != wkey:
+            slot = _Slot(self.encoder)
+            slot.weights_key = wkey
+            cache.keyed[key] = slot
+            if len(cache.keyed) > _MAX_KEYED_SLOTS:
+                oldest = min(cache.keyed, key=lambda k: cache.keyed[k].last_used)
+                cache.keyed.pop(oldest)
+        cache.clock += 1
+        slot.last_used = cache.clock
+        return slot
 
     def _slot(self, prefix_text: str) -> _Slot:
         """The cache slot sharing the longest text prefix with `prefix_text` (LRU eviction)."""
@@ -403,7 +474,9 @@ class ValueModel(nn.Module):
             slot.kv, slot.kv_ids, slot.kv_values = None, [], None
             raise
 
-    def _score_seqs_unchecked(self, slot: _Slot, seqs: list[list[int]]) -> Tensor:
+    def _prepare(self, slot: _Slot, seqs: list[list[int]]) -> TokenTree:
+        """Crop the slot's cache to what `seqs` share, prefill a long new trunk, and return the
+        tree of what is left to run below the cache."""
         shared = min(len(s) for s in seqs)
         for s in seqs[1:]:
             shared = common_prefix_len(seqs[0][:shared], s[:shared])
@@ -426,8 +499,22 @@ class ValueModel(nn.Module):
             v = self._run(slot, torch.tensor([chunk], device=self.device), None, None)
             self._commit(slot, chunk, v)
 
-        p = len(slot.kv_ids)
-        tree = build_tree(seqs, p)
+        return build_tree(seqs, len(slot.kv_ids))
+
+    def _finish(self, slot: _Slot, seqs: list[list[int]], tree: TokenTree, v: Tensor, cached: Tensor | None) -> Tensor:
+        """Keep the tree's trunk in the slot (its K/V are already appended) and pick each
+        sequence's value: v holds V at every tree node, (N,)."""
+        if len(tree):
+            self._commit(slot, tree.tokens[: tree.trunk], v[: tree.trunk])
+        last = torch.tensor(tree.last, dtype=torch.long)  # (n,) node of each sequence's end
+        out = v[last.clamp(min=0)] if len(tree) else torch.zeros(len(seqs))
+        # Sequences that end inside the cache take the value stored for their last token.
+        for i in (last < 0).nonzero().flatten().tolist():
+            out[i] = cached[len(seqs[i]) - 1]
+        return out
+
+    def _score_seqs_unchecked(self, slot: _Slot, seqs: list[list[int]]) -> Tensor:
+        tree = self._prepare(slot, seqs)
         if len(tree) > _MAX_TREE_NODES and len(seqs) > 1:
             half = len(seqs) // 2
             first = self._score_seqs_unchecked(slot, seqs[:half])
@@ -439,15 +526,98 @@ class ValueModel(nn.Module):
             # Keep the shared trunk in the cache for the next call; drop the branches.
             if len(tree) > tree.trunk:
                 slot.kv.crop(tree.trunk - len(tree))
-            self._commit(slot, tree.tokens[: tree.trunk], v[: tree.trunk])
         else:
             v = torch.zeros(0)
-        last = torch.tensor(tree.last, dtype=torch.long)  # (n,) node of each sequence's end
-        out = v[last.clamp(min=0)] if len(tree) else torch.zeros(len(seqs))
-        # Sequences that end inside the cache take the value stored for their last token.
-        for i in (last < 0).nonzero().flatten().tolist():
-            out[i] = cached[len(seqs[i]) - 1]
-        return out
+        return self._finish(slot, seqs, tree, v, cached)
+
+    def _score_batch(self, work: list[tuple[_Slot, list[list[int]]]]) -> list[Tensor]:
+        """V at the last token of every sequence of several requests, each over its own slot's
+        cache, with the requests' trees run as ONE batched forward.
+
+        The slots' caches (different lengths P_b) are right-padded to the longest and stacked,
+        each tree (N_b nodes) is padded to the longest; the (B, 1, N, P + N) mask lets row b see
+        its own cached tokens and its own tree only, and position ids are the nodes' depths, so
+        every node computes what it would alone. Each slot then keeps its own trunk's K/V.
+        Trees too big for one forward, and single requests, take the one-request path.
+        """
+        out: list[Tensor | None] = [None] * len(work)
+        batch: list[tuple[int, TokenTree, Tensor | None]] = []
+        for i, (slot, seqs) in enumerate(work):
+            for sq in seqs:
+                self._check_length(len(sq))
+            try:
+                tree = self._prepare(slot, seqs)
+            except BaseException:
+                slot.kv, slot.kv_ids, slot.kv_values = None, [], None
+                raise
+            if len(tree) == 0 or len(tree) > _MAX_TREE_NODES or len(work) == 1:
+                out[i] = self._score_seqs(slot, seqs)  # the tree is rebuilt there (cheap)
+            else:
+                batch.append((i, tree, slot.kv_values))
+        if len(batch) == 1:
+            i, _, _ = batch[0]
+            out[i] = self._score_seqs(work[i][0], work[i][1])
+        elif batch:
+            try:
+                values = self._run_batched([(work[i][0], tree) for i, tree, _ in batch])
+            except BaseException:
+                for i, _, _ in batch:
+                    slot = work[i][0]
+                    slot.kv, slot.kv_ids, slot.kv_values = None, [], None
+                raise
+            for (i, tree, cached), v in zip(batch, values, strict=True):
+                out[i] = self._finish(work[i][0], work[i][1], tree, v, cached)
+        return out  # type: ignore[return-value]
+
+    def _run_batched(self, jobs: list[tuple[_Slot, TokenTree]]) -> list[Tensor]:
+        """One forward over several slots' trees; appends each tree's trunk K/V to its slot.
+        Returns V at every node of each tree, (N_b,)."""
+        dev, dt = self.device, self.dtype
+        n_layers = self.backbone.config.num_hidden_layers
+        p_len = [t.offset for _, t in jobs]
+        n_len = [len(t) for _, t in jobs]
+        P, N, B = max(p_len), max(n_len), len(jobs)
+        ids = torch.full((B, N), self.tokenizer.pad_token_id, dtype=torch.long, device=dev)  # (B, N)
+        pos = torch.zeros((B, N), dtype=torch.long, device=dev)  # (B, N)
+        neg = torch.finfo(dt).min
+        mask = torch.full((B, 1, N, P + N), neg, dtype=dt, device=dev)  # (B, 1, N, P + N)
+        for b, (_, tree) in enumerate(jobs):
+            t_ids, t_pos, t_mask = tree.inputs(device=dev, dtype=dt)  # (1, n), (1, n), (1, 1, n, p + n)
+            n, p = n_len[b], p_len[b]
+            ids[b, :n], pos[b, :n] = t_ids[0], t_pos[0]
+            mask[b, 0, :n, :p] = t_mask[0, 0, :, :p]
+            mask[b, 0, :n, P : P + n] = t_mask[0, 0, :, p:]
+            idx = torch.arange(n, N, device=dev)
+            mask[b, 0, idx, P + idx] = 0  # padding rows see themselves only (no NaN)
+        kv = DynamicCache(config=self.backbone.config)
+        if P:
+            for layer in range(n_layers):
+                ks, vs = [], []
+                for (slot, _), p in zip(jobs, p_len, strict=True):
+                    if p:
+                        k, v = slot.kv.layers[layer].keys, slot.kv.layers[layer].values  # (1, H, p, D)
+                    else:
+                        ref = next(s.kv.layers[layer] for s, q in zip([j[0] for j in jobs], p_len, strict=True) if q)
+                        k = ref.keys.new_zeros((1, *ref.keys.shape[1:2], 0, ref.keys.shape[-1]))
+                        v = ref.values.new_zeros((1, *ref.values.shape[1:2], 0, ref.values.shape[-1]))
+                    pad = P - p
+                    ks.append(torch.nn.functional.pad(k, (0, 0, 0, pad)))
+                    vs.append(torch.nn.functional.pad(v, (0, 0, 0, pad)))
+                kv.update(torch.cat(ks), torch.cat(vs), layer)  # (B, H, P, D)
+        out = self.backbone(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=kv,
+                            use_cache=True)
+        v_all = self.head(out.last_hidden_state)[..., 0].float().cpu()  # (B, N)
+        results = []
+        for b, (slot, tree) in enumerate(jobs):
+            trunk = tree.trunk
+            if trunk:
+                if slot.kv is None:
+                    slot.kv = DynamicCache(config=self.backbone.config)
+                for layer in range(n_layers):
+                    lk, lv = kv.layers[layer].keys, kv.layers[layer].values  # (B, H, P + N, D)
+                    slot.kv.update(lk[b : b + 1, :, P : P + trunk].clone(), lv[b : b + 1, :, P : P + trunk].clone(), layer)
+            results.append(v_all[b, : n_len[b]])
+        return results
 
     @staticmethod
     def _commit(slot: _Slot, ids: list[int], values: Tensor) -> None:

@@ -19,7 +19,7 @@ def _register() -> None:
     # Importing a module registers its commands on `app`.
     import importlib
 
-    for name in ("local", "estimators", "generate", "demo"):
+    for name in ("local", "estimators", "generate", "demo", "batch"):
         try:
             importlib.import_module(f"vas_api.commands.{name}")
         except ModuleNotFoundError as exc:  # a command module not written yet
@@ -37,3 +37,9 @@ def main() -> None:
     except VASError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":  # `python -m vas_api.cli`: commands register on vas_api.cli's app
+    from vas_api.cli import main as _main
+
+    _main()

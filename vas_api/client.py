@@ -31,8 +31,9 @@ from typing import Any
 
 import openai
 
+from .budget import REQUEST_BUDGET_KEYS, request_meter
 from .call_options import CallOptions
-from .errors import CapabilityError, CheckpointError, ConfigError
+from .errors import BudgetExceededError, CapabilityError, CheckpointError, ConfigError
 from .report import VASReport
 from .request_checks import (
     drop_not_given,
@@ -66,7 +67,8 @@ NOT_GIVEN: Any = openai.NOT_GIVEN
 """The openai SDK's sentinel for "use the default" (`openai.omit` works the same)."""
 
 ValueSpec = ValueFunction | str | Path
-_REQUEST_KEYS = ("value_model", "beta", "k", "mode", "seed", "draft_min", "draft_max", "restrict_top_k")
+_REQUEST_KEYS = ("value_model", "beta", "k", "mode", "seed", "draft_min", "draft_max", "restrict_top_k",
+                 *REQUEST_BUDGET_KEYS)
 _SDK_ARGS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "n", "seed", "user",
              "stream", "stream_options")
 _PASS_THROUGH = ("extra_headers", "extra_query", "extra_body", "timeout")
@@ -111,6 +113,7 @@ class _Plan:
     report: VASReport
     stream: bool
     include_usage: bool
+    meter: Any = None  # vas_api.budget.Meter: prices, caps, usage records
 
 
 class _Base:
@@ -120,6 +123,7 @@ class _Base:
         *,
         chat_template: str | None = None,
         profile: Any = None,
+        prices: Any = None,
         **defaults: Any,
     ) -> None:
         unknown = set(defaults) - set(_REQUEST_KEYS)
@@ -129,6 +133,7 @@ class _Base:
         self._given_defaults = drop_not_given(defaults)
         self.defaults = {"beta": 1.0, "k": 20, "mode": "auto", "seed": None, **self._given_defaults}
         self._provider_options = {"chat_template": chat_template, "profile": profile}
+        self.prices = prices  # user prices on top of vas_api/data/prices.json (vas_api.pricing)
         self._providers: dict[str, Any] = {}
         self._loaded: dict[str, ValueFunction] = {}
         self._policies: dict[tuple, DraftLengthPolicy] = {}
@@ -212,6 +217,7 @@ class _Base:
     # -- one request ----------------------------------------------------------------------
     def _plan(self, kind: str, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]) -> _Plan:
         """Validate everything up front and build one sampler per choice."""
+        vas = {**vas, **{k: sdk.pop(k) for k in REQUEST_BUDGET_KEYS if k in sdk}}
         options = CallOptions.of(**{k: sdk.pop(k) for k in _PASS_THROUGH if k in sdk})
         sdk = drop_not_given(sdk)
         bad = [k for k in _UNSUPPORTED if k in sdk and sdk[k] is not False]
@@ -244,6 +250,8 @@ class _Base:
                     "timeout; they apply to openai clients."
                 )
             provider = provider.with_call_options(options)
+        meter = request_meter(model, provider, prices=self.prices,
+                              **{k: opts[k] for k in REQUEST_BUDGET_KEYS if k in opts})
         mode = resolve_mode(opts["mode"], provider.profile, settings.k)
         if not isinstance(prompt, str) and provider.profile.continuation == "none":
             raise CapabilityError(f"{provider.profile.name} cannot continue a partial chat response.")
@@ -267,12 +275,13 @@ class _Base:
                 key = (model, settings.betas, restrict, settings.temperature, settings.top_p, s.draft_min, s.draft_max)
                 policy = self._policies.setdefault(key, DraftLengthPolicy(
                     m_min=s.draft_min, m_max=s.draft_max,
-                    price_prompt=provider.profile.price_prompt, price_completion=provider.profile.price_completion,
+                    price_prompt=meter.price.input if meter.price else 1.0,
+                    price_completion=meter.price.output if meter.price else 1.0,
                 ))
                 samplers.append(SpeculativeSampler(s, Prefix(prompt), prompt_text, restrict_top_k=restrict, policy=policy,
                                                      by_ids=by_ids))
         report = VASReport(mode=mode, model=model, k=settings.k, betas=settings.betas)
-        return _Plan(kind, model, provider, value_fns, samplers, report, stream, include_usage)
+        return _Plan(kind, model, provider, value_fns, samplers, report, stream, include_usage, meter)
 
     @staticmethod
     def _settings(sdk: dict[str, Any], opts: dict[str, Any], n_models: int) -> SamplerSettings:
@@ -312,7 +321,10 @@ class _Base:
         report.api_calls = sum(t.api_calls for t in per_choice)
         report.retries = sum(t.retries for t in per_choice)
         report.short_positions = sum(t.short_positions for t in per_choice)
-        report.cost_usd = plan.provider.profile.cost(report.usage)
+        meter = plan.meter
+        report.usage_records, report.price = list(meter.records), meter.price
+        costs = [r.cost_usd for r in report.usage_records]
+        report.cost_usd = None if meter.price is None else sum(c for c in costs if c is not None)
         report.time_api_s = sum(t.api_s for t in per_choice)
         report.time_value_s = sum(t.value_s for t in per_choice)
         report.time_total_s = total_s
@@ -339,7 +351,7 @@ class VASClient(_Base):
     def _drive(plan: _Plan):
         """How this request drives one sampler (the one place that calls `run`)."""
         def drive(s: _SamplerBase, t: Timings, pause_when: Any = None) -> Timings:
-            return run(s, plan.provider, plan.value_fns, t, pause_when=pause_when)
+            return run(s, plan.provider, plan.value_fns, t, pause_when=pause_when, meter=plan.meter)
         return drive
 
     def _create(self, kind: str, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]):
@@ -350,8 +362,12 @@ class VASClient(_Base):
                              lambda per, total: self._report(plan, per, total))
         timings = Timings()
         start = time.perf_counter()
-        run_all(plan.samplers, plan.provider, plan.value_fns, timings)
-        return _response(plan, self._report(plan, [timings], time.perf_counter() - start))
+        stop = None
+        try:
+            run_all(plan.samplers, plan.provider, plan.value_fns, timings, meter=plan.meter)
+        except BudgetExceededError as e:
+            stop = _stop_all(plan.samplers, e)
+        return _budget_outcome(plan, self._report(plan, [timings], time.perf_counter() - start), stop)
 
 
 class AsyncVASClient(_Base):
@@ -366,7 +382,7 @@ class AsyncVASClient(_Base):
     def _drive(plan: _Plan):
         """How this request drives one sampler (the one place that calls `arun`)."""
         async def drive(s: _SamplerBase, t: Timings, pause_when: Any = None) -> Timings:
-            return await arun(s, plan.provider, plan.value_fns, t, pause_when=pause_when)
+            return await arun(s, plan.provider, plan.value_fns, t, pause_when=pause_when, meter=plan.meter)
         return drive
 
     async def _create(self, kind: str, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]):
@@ -378,11 +394,23 @@ class AsyncVASClient(_Base):
         samplers = plan.samplers
         per = [Timings() for _ in samplers]
         start = time.perf_counter()
-        await arun_all(samplers, plan.provider, plan.value_fns, per)
-        return _response(plan, self._report(plan, per, time.perf_counter() - start))
+        stop = None
+        try:
+            await arun_all(samplers, plan.provider, plan.value_fns, per, meter=plan.meter)
+        except BudgetExceededError as e:  # the other choices were cancelled with it
+            stop = _stop_all(samplers, e)
+        return _budget_outcome(plan, self._report(plan, per, time.perf_counter() - start), stop)
 
 
 # -- helpers ------------------------------------------------------------------------------
+def _stop_all(samplers: list[_SamplerBase], exc: BudgetExceededError) -> BudgetExceededError:
+    """Mark every unfinished sampler as stopped by the budget (finish_reason "budget")."""
+    for s in samplers:
+        if not s.done:
+            s.state.finish_reason = "budget"
+    return exc
+
+
 def _betas(beta: Any, n_models: int) -> tuple[float, ...]:
     """One beta per value model: a single number is used for all of them."""
     if n_models == 0:
@@ -414,16 +442,18 @@ def _response(plan: _Plan, report: VASReport):
     )
     created, rid, model = int(time.time()), f"vas-{uuid.uuid4().hex[:16]}", plan.model
     samplers = plan.samplers
-    finish = [s.finish_reason if s.finish_reason in ("stop", "length") else "stop" for s in samplers]
+    finish = [s.finish_reason if s.finish_reason in ("stop", "length", "budget") else "stop" for s in samplers]
     if plan.kind == "completion":
-        choices = [CompletionChoice(index=i, text=s.response, finish_reason=f, logprobs=None)
+        choices = [CompletionChoice(index=i, text=s.response, finish_reason=_sdk_finish(f), logprobs=None)
                    for i, (s, f) in enumerate(zip(samplers, finish, strict=True))]
         resp = Completion(id=rid, choices=choices, created=created, model=model, object="text_completion", usage=usage)
     else:
-        choices = [Choice(index=i, finish_reason=f, logprobs=None,
+        choices = [Choice(index=i, finish_reason=_sdk_finish(f), logprobs=None,
                           message=ChatCompletionMessage(role="assistant", content=s.response))
                    for i, (s, f) in enumerate(zip(samplers, finish, strict=True))]
         resp = ChatCompletion(id=rid, choices=choices, created=created, model=model, object="chat.completion", usage=usage)
+    for c, f in zip(resp.choices, finish, strict=True):
+        c.finish_reason = f  # "budget" is ours: the SDK's types validate only at construction
     resp.vas = report
     return resp
 
@@ -433,3 +463,21 @@ def _continues_with_ids(provider: Any, prompt: Prompt) -> bool:
     optional ``continues_with_ids(prompt)``; providers without it continue with text)."""
     ask = getattr(provider, "continues_with_ids", None)
     return bool(ask(prompt)) if callable(ask) else False
+
+
+def _sdk_finish(f: str) -> str:
+    return "length" if f == "budget" else f
+
+
+def _budget_outcome(plan: _Plan, report: VASReport, stop: BudgetExceededError | None):
+    """The SDK response; when a cap stopped the request, raise BudgetExceededError carrying it
+    (or return it with finish_reason "budget" when the request asked for on_budget="partial")."""
+    resp = _response(plan, report)
+    if stop is not None:
+        report.stopped_by_budget = str(stop)
+        if plan.meter.on_budget == "raise":
+            raise BudgetExceededError(
+                f"{stop} The partial response is in .partial (finish_reason 'budget').",
+                spent=stop.spent, limit=stop.limit, unit=stop.unit, partial=resp,
+            ) from stop
+    return resp

@@ -8,6 +8,8 @@ import html
 import math
 from dataclasses import dataclass, field
 
+from .budget import UsageRecord
+from .pricing import Price
 from .sampler.core import Step
 from .types import Usage
 
@@ -24,8 +26,14 @@ class VASReport:
         k: candidates per position.
         betas: one per value model.
         api_calls: calls to the provider.
-        usage: billed tokens summed over every call.
-        cost_usd: at the provider profile's prices (0 for a local server).
+        usage: billed tokens summed over every call (rejected drafts included).
+        cost_usd: the spend, summed from `usage_records` at `price` (0 for a local server;
+            None when the price is unknown and only a token cap applied).
+        usage_records: the raw usage of every API call, in order (vas_api.budget.UsageRecord),
+            including calls whose output was thrown away and failed calls that may have been
+            billed (`estimated`); `recomputed_cost_usd()` re-derives the spend from them.
+        price: the price the spend was computed at (vas_api.pricing.Price).
+        stopped_by_budget: the message of the cap that stopped the request, or None.
         traces: one list of committed tokens per choice.
         drafted, tested, accepted, resampled: speculative counters (drafted tokens, drafted
             positions that went through the accept test, kept drafted tokens, tokens drawn
@@ -48,7 +56,10 @@ class VASReport:
     betas: tuple[float, ...]
     api_calls: int = 0
     usage: Usage = field(default_factory=Usage)
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0
+    usage_records: list[UsageRecord] = field(default_factory=list)
+    price: Price | None = None
+    stopped_by_budget: str | None = None
     traces: list[list[Step]] = field(default_factory=list)
     drafted: int = 0
     tested: int = 0
@@ -81,6 +92,18 @@ class VASReport:
         per-position acceptance rate alpha of speculative sampling."""
         return self.accepted / self.tested if self.tested else math.nan
 
+    def recomputed_cost_usd(self) -> float | None:
+        """The spend recomputed from the raw usage records at `price` (None: price unknown)."""
+        if self.price is None:
+            return None
+        total = 0.0
+        for r in self.usage_records:
+            if r.estimated:
+                total += self.price.worst_case(r.prompt_tokens, r.completion_tokens)
+            else:
+                total += self.price.cost(r.prompt_tokens, r.completion_tokens, r.cached_tokens)
+        return total
+
     def summary(self) -> str:
         """One line: mode, tokens, calls, billed tokens, cost, time split."""
         parts = [
@@ -90,7 +113,9 @@ class VASReport:
             f"billed {self.usage.prompt_tokens}+{self.usage.completion_tokens} tokens",
         ]
         if self.cost_usd:
-            parts.append(f"${self.cost_usd:.5f}")
+            parts.append(f"${self.cost_usd:.6f}")
+        if self.stopped_by_budget:
+            parts.append("stopped by budget")
         if self.drafted:
             parts.append(
                 f"drafted {self.drafted}, accepted {self.accepted} of {self.tested} tested "

@@ -1,8 +1,11 @@
 """Answering a sampler's calls: the only place that touches providers and value models.
 
 `run` and `arun` are the sync and async loops around a sampler (STYLE.md: sans-IO core, thin
-shells). Value-model work in `arun` goes to a worker thread, one request at a time per value
-model (a value model keeps a KV cache and is not thread-safe), so the event loop stays free.
+shells). Value-model work in `arun` is batched across the requests in flight (`ScoreBatcher`,
+one per value model and event loop): score calls that arrive while the value model is busy, or
+within a short window, go to a worker thread together, as one `score_many` call where the value
+model has it (each request keeps its own KV cache there), so the event loop stays free and
+concurrent requests do not queue behind a lock one forward at a time.
 
 Faults: the provider retries failed calls itself (`vas_api.retry`), so a sampler is only fed
 answers that arrived; committed tokens are never lost, and a call that fails for good raises
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,12 +28,21 @@ from typing import Any
 import numpy as np
 
 from .. import retry as _retry
+from ..budget import Meter, ametered, metered
 from ..errors import ProviderError, VASError
 from ..types import AsyncProvider, Draft, Provider, Usage, ValueFunction
 from ..value_checks import checked_scores
 from .core import Call, CandidatesCall, DraftCall, ScoreCall, Scores, Step, _SamplerBase
 
-__all__ = ["Timings", "PartialOutput", "score", "run", "arun", "run_all", "arun_all"]
+__all__ = [
+    "Timings", "PartialOutput", "ScoreBatcher", "BATCH_WINDOW_S", "score", "ascore", "run", "arun",
+    "run_all", "arun_all",
+]
+
+BATCH_WINDOW_S = 0.002
+"""How long the first score call of a quiet spell waits for others to join its batch. Calls that
+arrive while a batch is running join the next one without waiting."""
+_MAX_BATCH = 64
 
 
 @dataclass
@@ -91,18 +104,153 @@ def score(call: ScoreCall, value_fns: Sequence[ValueFunction], betas: Sequence[f
     out: Scores = []
     for vf, beta in zip(value_fns, betas, strict=True):
         if beta == 0:
-            out.append([np.zeros(len(c)) for c in call.candidates])
+            out.append(_zeros(call))
             continue
         with _lock_for(vf):
-            if len(call.candidates) > 1 and hasattr(vf, "score_draft"):
-                per_pos = vf.score_draft(call.prefix_text, list(call.path), [list(c) for c in call.candidates])
-            else:
-                per_pos = [
-                    vf.score_candidates(call.prefix_text + "".join(call.path[:j]), list(cands))
-                    for j, cands in enumerate(call.candidates)
-                ]
-        out.append(checked_scores(per_pos, call.candidates, vf))  # NaN, inf, counts
+            out.append(_score_one(vf, call))
     return out
+
+
+def _zeros(call: ScoreCall) -> list[np.ndarray]:
+    return [np.zeros(len(c)) for c in call.candidates]
+
+
+def _score_one(vf: ValueFunction, call: ScoreCall) -> list[np.ndarray]:
+    if len(call.candidates) > 1 and hasattr(vf, "score_draft"):
+        per_pos = vf.score_draft(call.prefix_text, list(call.path), [list(c) for c in call.candidates])
+    else:
+        per_pos = [
+            vf.score_candidates(call.prefix_text + "".join(call.path[:j]), list(cands))
+            for j, cands in enumerate(call.candidates)
+        ]
+    return checked_scores(per_pos, call.candidates, vf)  # NaN, inf, counts
+
+
+class ScoreBatcher:
+    """Dynamic batching of one value model's score calls across concurrent requests.
+
+    `await batcher.score(call, key)` queues the call; one drain task at a time takes every
+    queued call (waiting `window_s` first when it starts), runs them in a worker thread as one
+    `vf.score_many(requests, keys)` when the value model has it (else one after another), and
+    hands each caller its result. A batch that fails is retried call by call, so one bad request
+    gets its own error and the others their scores.
+
+    Args:
+        vf: the value function.
+        window_s: how long a new batch waits for more calls.
+        max_batch: most calls in one batch.
+    """
+
+    def __init__(self, vf: ValueFunction, *, window_s: float = BATCH_WINDOW_S, max_batch: int = _MAX_BATCH) -> None:
+        self.vf = vf
+        self.window_s = window_s
+        self.max_batch = max_batch
+        self._queue: list[tuple[ScoreCall, Any, asyncio.Future]] = []
+        self._drain_task: asyncio.Task | None = None
+        self._released: set[int] = set()
+        self.batches = 0  # batches run, calls in them, and seconds the worker was busy (benchmarks)
+        self.calls = 0
+        self.busy_s = 0.0
+
+    async def score(self, call: ScoreCall, key: Any = None) -> list[np.ndarray]:
+        """The value model's (n_j,) scores at every position of `call`.
+
+        Args:
+            call: the sampler's ScoreCall.
+            key: the request it belongs to (any object; its KV cache is kept under its id
+                while it lives).
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        self._queue.append((call, self._key(key), fut))
+        if self._drain_task is None or self._drain_task.done():
+            self._drain_task = loop.create_task(self._drain())
+        return await fut
+
+    def _key(self, owner: Any) -> int | None:
+        if owner is None:
+            return None
+        k = id(owner)
+        release = getattr(self.vf, "release", None)
+        if release is not None and k not in self._released:
+            self._released.add(k)
+            weakref.finalize(owner, self._release, k)
+        return k
+
+    def _release(self, k: int) -> None:
+        self._released.discard(k)
+        with _lock_for(self.vf):
+            self.vf.release(k)
+
+    async def _drain(self) -> None:
+        if self.window_s > 0:
+            await asyncio.sleep(self.window_s)
+        while self._queue:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+            batch = [b for b in batch if not b[2].cancelled()]
+            if not batch:
+                continue
+            t0 = time.perf_counter()
+            results = await asyncio.to_thread(self._run, [(c, k) for c, k, _ in batch])
+            self.busy_s += time.perf_counter() - t0
+            self.batches += 1
+            self.calls += len(batch)
+            for (_, _, fut), r in zip(batch, results, strict=True):
+                if fut.cancelled():
+                    continue
+                if isinstance(r, BaseException):
+                    fut.set_exception(r)
+                else:
+                    fut.set_result(r)
+
+    def _run(self, items: list[tuple[ScoreCall, Any]]) -> list[list[np.ndarray] | BaseException]:
+        vf = self.vf
+        with _lock_for(vf):
+            if hasattr(vf, "score_many"):
+                try:
+                    keys = [k for _, k in items]
+                    many = vf.score_many(
+                        [(c.prefix_text, list(c.path), [list(x) for x in c.candidates]) for c, _ in items],
+                        keys=None if any(k is None for k in keys) else keys,
+                    )
+                    return [checked_scores(per_pos, c.candidates, vf) for per_pos, (c, _) in zip(many, items, strict=True)]
+                except Exception:  # noqa: BLE001 - retried one by one below to find the culprit
+                    pass
+            out: list[list[np.ndarray] | BaseException] = []
+            for c, _ in items:
+                try:
+                    out.append(_score_one(vf, c))
+                except Exception as e:  # noqa: BLE001 - delivered to that call's awaiter
+                    out.append(e)
+            return out
+
+
+_BATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {id(vf): batcher}
+
+
+def batcher_for(vf: ValueFunction) -> ScoreBatcher:
+    """The ScoreBatcher of `vf` on the running event loop."""
+    per_loop = _BATCHERS.setdefault(asyncio.get_running_loop(), {})
+    b = per_loop.get(id(vf))
+    if b is None or b.vf is not vf:
+        b = per_loop[id(vf)] = ScoreBatcher(vf)
+    return b
+
+
+async def ascore(
+    call: ScoreCall, value_fns: Sequence[ValueFunction], betas: Sequence[float], key: Any = None
+) -> Scores:
+    """`score` for the event loop: every value model's scores, batched with the score calls of
+    the other requests in flight (`ScoreBatcher`). `key`: the request (e.g. its sampler)."""
+    parts = await asyncio.gather(*(
+        batcher_for(vf).score(call, key) if beta != 0 else _done(_zeros(call))
+        for vf, beta in zip(value_fns, betas, strict=True)
+    ))
+    return list(parts)
+
+
+async def _done(value: Any) -> Any:
+    return value
 
 
 def _as_array(v: object) -> np.ndarray:
@@ -186,11 +334,14 @@ def run(
     value_fns: Sequence[ValueFunction],
     timings: Timings | None = None,
     pause_when: Callable[[], bool] | None = None,
+    meter: Meter | None = None,
 ) -> Timings:
     """Drive `sampler` to the end, synchronously. Returns where the time went.
 
     `pause_when`, checked after each answer, returns early when true (streaming: a call
-    again resumes the same sampler where it stopped).
+    again resumes the same sampler where it stopped). `meter` (vas_api.budget) reserves each API
+    call's worst case against the request's budget and records its usage; BudgetExceededError
+    stops the loop before a call that does not fit.
 
     Raises:
         ProviderError (an instance of the SDK's exception class too) when a call fails after
@@ -210,7 +361,9 @@ def run(
                 t.value_calls += 1
             else:
                 try:
-                    answer = _api(call, provider)
+                    with metered(meter, call, sampler) as bill:
+                        answer = _api(call, provider)
+                        bill(answer.usage)
                 finally:
                     t.api_s += time.perf_counter() - t0
                     t.api_calls += 1
@@ -234,9 +387,10 @@ async def arun(
     value_fns: Sequence[ValueFunction],
     timings: Timings | None = None,
     pause_when: Callable[[], bool] | None = None,
+    meter: Meter | None = None,
 ) -> Timings:
     """Drive `sampler` to the end on the event loop; value scoring runs in a worker thread.
-    `pause_when` as in `run`.
+    `pause_when` and `meter` as in `run`.
 
     Raises:
         as `run`.
@@ -249,12 +403,14 @@ async def arun(
         while (call := sampler.next_request()) is not None:
             t0 = time.perf_counter()
             if isinstance(call, ScoreCall):
-                answer: Draft | Scores = await asyncio.to_thread(score, call, value_fns, sampler.settings.betas)
+                answer: Draft | Scores = await ascore(call, value_fns, sampler.settings.betas, key=sampler)
                 t.value_s += time.perf_counter() - t0
                 t.value_calls += 1
             else:
                 try:
-                    answer = await _aapi(call, provider)
+                    async with ametered(meter, call, sampler) as bill:
+                        answer = await _aapi(call, provider)
+                        bill(answer.usage)
                 finally:
                     t.api_s += time.perf_counter() - t0
                     t.api_calls += 1
@@ -277,6 +433,7 @@ def run_all(
     provider: Provider,
     value_fns: Sequence[ValueFunction],
     timings: Timings,
+    meter: Meter | None = None,
 ) -> Timings:
     """Drive the n choices of one request one after another (one shared `timings`).
 
@@ -285,7 +442,7 @@ def run_all(
     """
     try:
         for s in samplers:
-            run(s, provider, value_fns, timings)
+            run(s, provider, value_fns, timings, meter=meter)
     except ProviderError as exc:
         exc.partial = partial_output(samplers, provider, timings)
         raise
@@ -297,6 +454,7 @@ async def arun_all(
     provider: AsyncProvider,
     value_fns: Sequence[ValueFunction],
     timings: Sequence[Timings],
+    meter: Meter | None = None,
 ) -> None:
     """Drive the n choices of one request concurrently (one `Timings` each).
 
@@ -306,7 +464,7 @@ async def arun_all(
     Raises:
         the first failure (as `run`), with ``partial`` covering every choice.
     """
-    tasks = [asyncio.ensure_future(arun(s, provider, value_fns, t)) for s, t in zip(samplers, timings, strict=True)]
+    tasks = [asyncio.ensure_future(arun(s, provider, value_fns, t, meter=meter)) for s, t in zip(samplers, timings, strict=True)]
     try:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     except BaseException:
