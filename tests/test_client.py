@@ -196,7 +196,8 @@ def test_extra_options_and_timeout_reach_every_http_request(mode):
 
     with respx.mock(base_url=BASE) as mock:
         route = mock.post("/completions").respond(200, json=_one_token_body())
-        client = vas_api.wrap(_sdk(), profile=LLAMA_CPP_PYTHON, k=2, mode=mode, draft_max=1, draft_min=1)
+        client = vas_api.wrap(_sdk(), profile=LLAMA_CPP_PYTHON, k=2, mode=mode, draft_max=1, draft_min=1,
+                              prices={"m": (0.0, 0.0, 0.0)})  # a non-loopback host needs a price
         resp = client.completions.create(model="m", prompt="Hi", max_tokens=3, **PASS)
         assert resp.vas.tokens == 3 and set(resp.choices[0].text.split()) <= {"a", "b"}
         _check_every_request(route, 3)
@@ -210,7 +211,7 @@ def test_extra_options_reach_every_http_request_async_and_streamed():
     from vas_api.profiles import LLAMA_CPP_PYTHON
 
     async def main():
-        client = vas_api.wrap(_sdk(async_=True), profile=LLAMA_CPP_PYTHON, k=2, mode="token")
+        client = vas_api.wrap(_sdk(async_=True), profile=LLAMA_CPP_PYTHON, k=2, mode="token", prices={"m": (0.0, 0.0, 0.0)})
         stream = await client.completions.create(model="m", prompt="Hi", max_tokens=2, stream=True, **PASS)
         return [c async for c in stream]
 
@@ -229,7 +230,8 @@ def test_with_options_keeps_value_models_and_caches():
     with respx.mock(base_url=BASE) as mock:
         route = mock.post("/completions").respond(200, json=_one_token_body())
         value = LikesGood()
-        client = vas_api.wrap(_sdk(), profile=LLAMA_CPP_PYTHON, value_model=value, beta=1.0, k=2, mode="token")
+        client = vas_api.wrap(_sdk(), profile=LLAMA_CPP_PYTHON, value_model=value, beta=1.0, k=2, mode="token",
+                              prices={"m": (0.0, 0.0, 0.0)})
         client.completions.create(model="m", prompt="Hi", max_tokens=1)
         other = client.with_options(timeout=3.0, default_headers={"X-Team": "a"}, beta=2.0)
         assert isinstance(other, vas_api.VASClient) and other is not client

@@ -126,7 +126,9 @@ _TABLE = (
     ServerFamily(
         "llama-cpp-python", "llama-cpp-python server", owned_by=("me",),
         neutral=_LLAMA_CPP_PYTHON_NEUTRAL, top_k_param=True, top_k_off=0,
-        token_id_prompts=True, min_tokens_for_eos=True,
+        # Its request model types prompt as str | list[str] (llama_cpp/server/types.py): no id
+        # prompts. vas-api's exact reporter on the same server takes them (exact_logprobs).
+        token_id_prompts=False, min_tokens_for_eos=True,
     ),
     ServerFamily(
         "vllm", "vLLM", owned_by=("vllm",), neutral=_VLLM_NEUTRAL, top_k_param=True,

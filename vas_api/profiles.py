@@ -115,7 +115,7 @@ LLAMA_CPP_PYTHON = ProviderProfile(
     family="llama-cpp-python",
     completions=True,
     min_tokens_for_eos=True,
-    token_id_prompts=True,
+    token_id_prompts=False,
 )
 """llama-cpp-python's server: no cap on k (it returned 48,776 entries for k = 49,152), n is
 silently ignored (one choice), top_k honoured, chat is rendered by the client."""

@@ -58,8 +58,8 @@ _PROMPT_IDS_CACHE = 256  # prompt texts whose ids a provider remembers
 def tokenize_request(profile: ProviderProfile, base_url: str, model: str, text: str) -> tuple[str, dict[str, Any]] | None:
     """(absolute URL, JSON body) of the server's tokenize call for `text`, or None when the
     endpoint cannot take id prompts or its family has no known tokenizer endpoint (pure)."""
-    if not wire.takes_id_prompts(profile):
-        return None
+    if not wire.takes_id_prompts(profile) or not (profile.family == "llama.cpp" or profile.exact_logprobs):
+        return None  # no id prompts, or no ids in the logprobs to continue with (vLLM, ...)
     family = profile.family
     if family == "sglang":
         family = "vllm"
