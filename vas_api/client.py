@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CapabilityError, CheckpointError, ConfigError
+from .providers.anthropic_messages import AnthropicMessages, message_from
 from .report import VASReport
 from .sampler import (
     DraftLengthPolicy,
@@ -61,10 +62,12 @@ _UNSUPPORTED = ("stream", "logprobs", "top_logprobs", "echo", "best_of", "logit_
 
 
 def wrap(client: Any, **defaults: Any) -> VASClient | AsyncVASClient:
-    """Wrap an openai `OpenAI` or `AsyncOpenAI` client (or a vas-api provider) for VAS.
+    """Wrap an openai `OpenAI` / `AsyncOpenAI` or anthropic `Anthropic` / `AsyncAnthropic` client
+    (or a vas-api provider) for VAS.
 
     Args:
-        client: openai.OpenAI / openai.AsyncOpenAI, or an object implementing
+        client: openai.OpenAI / openai.AsyncOpenAI, anthropic.Anthropic / anthropic.AsyncAnthropic
+            (use `client.messages.create`), or an object implementing
             vas_api.types.Provider / AsyncProvider (e.g. FakeProvider).
         **defaults: VAS defaults for every request: value_model, beta, k, mode, seed,
             draft_min, draft_max, restrict_top_k; and provider options chat_template, profile.
@@ -100,6 +103,7 @@ class _Base:
         self._policies: dict[tuple, DraftLengthPolicy] = {}
         self.completions = _Completions(self)
         self.chat = _Chat(self)
+        self.messages = AnthropicMessages(self)  # anthropic SDK shape: client.messages.create
 
     # -- providers and value models ---------------------------------------------------------
     def provider(self, model: str) -> Any:
@@ -352,6 +356,8 @@ def _response(kind: str, model: str, samplers: list[_SamplerBase], report: VASRe
         prompt_tokens_details={"cached_tokens": u.cached_tokens},
     )
     created, rid = int(time.time()), f"vas-{uuid.uuid4().hex[:16]}"
+    if kind == "messages":  # an anthropic.types.Message (providers/anthropic_messages.py)
+        return message_from(model, samplers[0].response, samplers[0].finish_reason, u, report)
     finish = [s.finish_reason if s.finish_reason in ("stop", "length") else "stop" for s in samplers]
     if kind == "completion":
         choices = [CompletionChoice(index=i, text=s.response, finish_reason=f, logprobs=None)

@@ -94,12 +94,22 @@ class Position:
 
 @dataclass(slots=True)
 class Usage:
-    """Billed tokens of one or more API calls."""
+    """Billed tokens of one or more API calls.
+
+    Attributes:
+        prompt_tokens: every prompt token, cached or not.
+        completion_tokens: generated tokens.
+        cached_tokens: prompt tokens read from the provider's prompt cache.
+        calls: API calls.
+        cache_write_tokens: prompt tokens written to the provider's prompt cache (Anthropic's
+            cache_creation_input_tokens; billed above the plain input price).
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     calls: int = 0
+    cache_write_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -107,6 +117,7 @@ class Usage:
             self.completion_tokens + other.completion_tokens,
             self.cached_tokens + other.cached_tokens,
             self.calls + other.calls,
+            self.cache_write_tokens + other.cache_write_tokens,
         )
 
     @property
