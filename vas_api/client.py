@@ -39,6 +39,7 @@ from .sampler import (
 )
 from .sampler.core import _SamplerBase
 from .types import Prefix, Prompt, ValueFunction
+from .value_binding import bind_values
 
 __all__ = ["wrap", "VASClient", "AsyncVASClient", "NOT_GIVEN"]
 
@@ -180,6 +181,7 @@ class _Base:
         elif restrict and not provider.profile.top_k_param:
             raise CapabilityError(f"{provider.profile.name} takes no top_k parameter; set restrict_top_k=False.")
         prompt_text = provider.prompt_text(prompt)
+        value_fns = bind_values(value_fns, prompt, prompt_text)  # each scores its own rendering
         n = sdk.get("n") or 1
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"n = {n!r}: use a positive integer.")
