@@ -272,3 +272,35 @@ def test_compatible_servers_get_neutral_samplers_the_hosted_api_none():
     with pytest.raises(ConfigError, match="takes no temperature"):
         hosted.sample(Prefix("hi"), n=1, max_tokens=4, temperature=0.7)
     assert len(server.requests) == 2
+
+
+def test_auto_mode_asks_again_once_a_model_rejects_prefill(monkeypatch):
+    """The retry decision of `messages.create` (the block and rerank samplers it drives are
+    tested with the modes work): a PrefillRejectedError in auto mode is followed by one more
+    attempt (the provider then profiles the model as rerank-only); an explicit mode is not."""
+    client = vas_api.wrap(Server().client(), value_model=PrefixValue(), beta=2.0)
+    attempts = []
+
+    def fake_create(kind, model, prompt, args, vas):
+        attempts.append(vas["mode"])
+        if len(attempts) == 1:
+            raise wire.PrefillRejectedError("no prefill", workable_modes=["rerank"])
+        return "second"
+
+    monkeypatch.setattr(client, "_create", fake_create)
+    kw = dict(model="claude-frontier", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert client.messages.create(**kw) == "second" and len(attempts) == 2
+    attempts.clear()
+    with pytest.raises(wire.PrefillRejectedError):
+        client.messages.create(mode="block", **kw)
+    assert len(attempts) == 1
+
+
+class PrefixValue:
+    """A value function on the response's length (the retry test never calls it)."""
+
+    def values(self, texts):
+        return [float(len(t)) for t in texts]
+
+    def score_candidates(self, prefix_text, cands):
+        return self.values([prefix_text + c for c in cands])

@@ -136,8 +136,34 @@ class AnthropicMessages:
             from ..client import NOT_GIVEN
 
             vas_full = {key: vas.get(key, NOT_GIVEN) for key in ("value_model", "beta", "k", "mode")}
-            return self._owner._create("messages", model, prompt, sampler_args, vas_full)
+            return self._steered(model, prompt, sampler_args, vas_full, auto=opts.get("mode", "auto") == "auto")
         return self._plain(model, prompt, sampler_args, opts)
+
+    def _steered(self, model: str, prompt: list[dict[str, Any]], args: dict[str, Any], vas: dict[str, Any],
+                 *, auto: bool):
+        """The client's sampler loop; in auto mode a model that turns out to reject prefill
+        (the provider now remembers it) is asked again, and auto mode then picks rerank."""
+        from .anthropic_wire import PrefillRejectedError
+
+        create = self._owner._create
+        try:
+            result = create("messages", model, prompt, args, vas)
+        except PrefillRejectedError:
+            if not auto:
+                raise
+            return create("messages", model, prompt, args, vas)
+        if not hasattr(result, "__await__"):
+            return result
+
+        async def later() -> Any:
+            try:
+                return await result
+            except PrefillRejectedError:
+                if not auto:
+                    raise
+                return await create("messages", model, prompt, args, vas)
+
+        return later()
 
     def _plain(self, model: str, prompt: list[dict[str, Any]], args: dict[str, Any], opts: dict[str, Any]):
         """One base-model call (no steering), through the provider's `sample`."""
