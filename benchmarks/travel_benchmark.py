@@ -55,12 +55,13 @@ def gemma_gguf() -> Path:
 
 def one_setting(create: Any, prompts: list[Any], reward: Any, value: Any, beta: float, seed: int) -> dict[str, Any]:
     """One response per prompt at this beta; mean reward, calls, billed tokens."""
-    rewards, calls, billed, tokens, start = [], 0, 0, 0, time.perf_counter()
+    rewards, texts, calls, billed, tokens, start = [], [], 0, 0, 0, time.perf_counter()
     for i, p in enumerate(prompts):
         resp = create(p, value_model=value, beta=beta, seed=seed * 100_003 + i)
         choice = resp.choices[0]
         text = choice.message.content if hasattr(choice, "message") else choice.text
         rewards.append(reward([text])[0])
+        texts.append(text)
         calls += resp.vas.api_calls
         billed += resp.vas.usage.total_tokens
         tokens += resp.vas.tokens
@@ -68,7 +69,8 @@ def one_setting(create: Any, prompts: list[Any], reward: Any, value: Any, beta: 
     return {"beta": beta, "responses": n, "mean_reward": round(statistics.fmean(rewards), 4),
             "sem_reward": round(sem_of(rewards), 4), "rewards": [round(r, 4) for r in rewards],
             "api_calls_per_response": round(calls / n, 2), "billed_tokens_per_response": round(billed / n, 1),
-            "tokens_per_response": round(tokens / n, 1), "wall_s_per_response": round((time.perf_counter() - start) / n, 2)}
+            "tokens_per_response": round(tokens / n, 1), "wall_s_per_response": round((time.perf_counter() - start) / n, 2),
+            "examples": texts[:2]}
 
 
 def legacy_attempt(create: Any, prompt: Any, legacy: Any) -> str:
@@ -82,7 +84,8 @@ def legacy_attempt(create: Any, prompt: Any, legacy: Any) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--value", default=str(DEFAULT_VALUE), help="value-model checkpoint directory")
+    ap.add_argument("--value", default=str(DEFAULT_VALUE),
+                    help="value-model checkpoint directory (or reward:vader, the prefix reward, for a smoke run)")
     ap.add_argument("--declare", choices=["smollm2", "none"], default="smollm2",
                     help="the prompt format of a checkpoint saved before formats were recorded")
     ap.add_argument("--prompts", type=int, default=8, help="the first N held-out prompts")
@@ -103,8 +106,13 @@ def main() -> None:
     from vas_api.local import LocalServer
 
     declared = SMOLLM2_CHATML if args.declare == "smollm2" else None
-    value = load_value_function(args.value, prompt_format=declared if _is_legacy(args.value) else None)
-    legacy = load_value_function(args.value) if _is_legacy(args.value) else None
+    if args.value.startswith("reward:"):  # a reward on the prefix (a smoke run without a checkpoint)
+        from estimators.baselines import PrefixRewardValue
+
+        value, legacy = PrefixRewardValue(args.value.partition(":")[2]), None
+    else:
+        value = load_value_function(args.value, prompt_format=declared if _is_legacy(args.value) else None)
+        legacy = load_value_function(args.value) if _is_legacy(args.value) else None
     fmt = value.render_prompt([{"role": "user", "content": "x"}])
     chats = heldout_prompts(args.prompts)
     raws = [f"{m[0]['content']}\n\n" for m in chats]
