@@ -11,6 +11,7 @@ checked not to leak into error messages.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import anthropic
@@ -52,12 +53,14 @@ class Server:
         self.queue = list(responses)
         self.requests: list[dict[str, Any]] = []
         self.headers: list[httpx2.Headers] = []
+        self.lock = threading.Lock()
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         assert request.url.path == "/v1/messages"
-        self.requests.append(json.loads(request.content))
-        self.headers.append(request.headers)
-        return self.queue.pop(0)
+        with self.lock:  # a sync sample() makes its calls from several threads
+            self.requests.append(json.loads(request.content))
+            self.headers.append(request.headers)
+            return self.queue.pop(0)
 
     def client(self, *, max_retries: int = 0, base_url: str = HOSTED) -> anthropic.Anthropic:
         return anthropic.Anthropic(api_key=KEY, base_url=base_url, max_retries=max_retries,
@@ -169,8 +172,10 @@ def test_sample_sums_usage_over_every_call_including_cache_reads():
                     ok(" third", cache_read=1500, input_tokens=3, stop_reason="max_tokens"))
     provider = AnthropicProvider(server.client(), "claude-sonnet-4-5")
     samples = provider.sample(Prefix(CHAT, "It was"), n=3, max_tokens=8)
-    assert [c.text for c in samples.completions] == [" first", " second", " third"]
-    assert [c.finish_reason for c in samples.completions] == ["stop", "stop", "length"]
+    # The first call runs alone (it writes the cache); the other two run concurrently.
+    assert samples.completions[0].text == " first"
+    assert sorted((c.text, c.finish_reason) for c in samples.completions[1:]) == [
+        (" second", "stop"), (" third", "length")]
     u = samples.usage
     assert (u.calls, u.prompt_tokens, u.cached_tokens, u.cache_write_tokens, u.completion_tokens) == (
         3, 3 * 3 + 1500 * 3, 3000, 1500, 27)

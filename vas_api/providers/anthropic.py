@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = ["AnthropicProvider", "AsyncAnthropicProvider", "forget_learned"]
 # (base_url, model) -> {"prefill": False once rejected, "echoes_prefill": bool}
 _LEARNED: dict[tuple[str, str], dict[str, bool]] = {}
 _LEARNED_LOCK = threading.Lock()
+_MAX_THREADS = 8  # concurrent calls of one sync sample(); the async shell has no such bound
 
 
 def forget_learned() -> None:
@@ -176,7 +178,8 @@ class AnthropicProvider:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
     ) -> Samples:
-        """n plain completions continuing `prefix` (n calls: the API has no n parameter).
+        """n plain completions continuing `prefix` (n calls: the API has no n parameter; the
+        first one alone, so that it writes the prompt cache, then the rest concurrently).
 
         A non-empty `prefix.response` is sent as an assistant prefill and only the continuation
         comes back (also from servers that echo the prefill). `seed` is accepted for the
@@ -188,12 +191,18 @@ class AnthropicProvider:
             ProviderError and subclasses: the call failed after the SDK's retries.
         """
         calls = self._core.requests(prefix, n, max_tokens, temperature, stop)
-        messages = []
-        for kwargs in calls:
+
+        def one(kwargs: dict[str, Any]) -> Any:
             try:
-                messages.append(self.client.messages.create(**kwargs))
+                return self.client.messages.create(**kwargs)
             except anthropic.AnthropicError as exc:
                 raise self._core.error(exc) from exc
+
+        # The first call writes the prompt cache; the others then read it, concurrently.
+        messages = [one(calls[0])]
+        if len(calls) > 1:
+            with ThreadPoolExecutor(max_workers=min(len(calls) - 1, _MAX_THREADS)) as pool:
+                messages += list(pool.map(one, calls[1:]))
         return self._core.parse(messages, prefix)
 
     def __repr__(self) -> str:
@@ -201,8 +210,8 @@ class AnthropicProvider:
 
 
 class AsyncAnthropicProvider:
-    """The asyncio twin of `AnthropicProvider` over ``anthropic.AsyncAnthropic``: the n calls of
-    `sample()` run concurrently. Same arguments."""
+    """The asyncio twin of `AnthropicProvider` over ``anthropic.AsyncAnthropic``: after the first
+    call of `sample()`, the other n - 1 run concurrently. Same arguments."""
 
     def __init__(
         self, client: anthropic.AsyncAnthropic, model: str, *, profile: ProviderProfile | None = None,
@@ -246,9 +255,12 @@ class AsyncAnthropicProvider:
     ) -> Samples:
         """See `AnthropicProvider.sample`; the n calls are in flight at once."""
         calls = self._core.requests(prefix, n, max_tokens, temperature, stop)
-        results = await asyncio.gather(
-            *(self.client.messages.create(**kwargs) for kwargs in calls), return_exceptions=True
-        )
+        # The first call writes the prompt cache; the others then read it, concurrently.
+        first = await asyncio.gather(self.client.messages.create(**calls[0]), return_exceptions=True)
+        rest = await asyncio.gather(
+            *(self.client.messages.create(**kwargs) for kwargs in calls[1:]), return_exceptions=True
+        ) if not isinstance(first[0], BaseException) else []
+        results = [*first, *rest]
         for r in results:
             if isinstance(r, anthropic.AnthropicError):
                 raise self._core.error(r) from r
