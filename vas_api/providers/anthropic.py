@@ -66,7 +66,7 @@ class _Core:
         learned = _LEARNED.get(self.key, {})
         if "echoes_prefill" in learned:
             return learned["echoes_prefill"]
-        return self.profile.extra.get("echoes_prefill")
+        return False if self.hosted else None  # Anthropic's own API returns the continuation alone
 
     def _learn(self, **flags: bool) -> None:
         with _LEARNED_LOCK:

@@ -118,7 +118,7 @@ class AnthropicMessages:
         bad = [key for key in _UNSUPPORTED if sdk.get(key) not in (None, False)]
         if bad:
             raise ConfigError(f"{', '.join(bad)} cannot be used in a VAS request; drop them.")
-        extra = set(sdk) - {"metadata", "service_tier", *_UNSUPPORTED}
+        extra = set(sdk) - set(_UNSUPPORTED)  # anything else would be silently dropped: refused
         if extra:
             raise ConfigError(f"unknown argument(s) {sorted(extra)} for messages.create.")
         if stop_sequences is not None and (isinstance(stop_sequences, str) or not isinstance(stop_sequences, list | tuple)):

@@ -79,8 +79,8 @@ def profile_for(model: str, *, base_url: str = "", prefill: bool | None = None) 
 
     Args:
         model: the model id.
-        base_url: the client's base URL (recorded; llama-server and other compatible servers
-            are told apart from api.anthropic.com by it).
+        base_url: the client's base URL (llama-server and other compatible servers are told
+            apart from api.anthropic.com by it, in the profile's name).
         prefill: force the continuation kind (True "prefill", False "none"); None decides from
             the model id: Claude models from 4.6 on reject prefill, everything else (older
             Claude models, llama-server, unknown ids) is tried with prefill, and a rejection is
@@ -100,7 +100,6 @@ def profile_for(model: str, *, base_url: str = "", prefill: bool | None = None) 
         continuation="prefill" if prefill else "none",
         top_k_param=False,
         n_param=False,
-        extra={"base_url": base_url, "echoes_prefill": False if hosted else None},
     )
 
 
