@@ -181,10 +181,10 @@ class _Base:
         elif restrict and not provider.profile.top_k_param:
             raise CapabilityError(f"{provider.profile.name} takes no top_k parameter; set restrict_top_k=False.")
         prompt_text = provider.prompt_text(prompt)
-        value_fns = bind_values(value_fns, prompt, prompt_text)  # each scores its own rendering
         n = sdk.get("n") or 1
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"n = {n!r}: use a positive integer.")
+        value_fns = bind_values(value_fns, prompt, prompt_text)  # each scores its own rendering
         samplers: list[_SamplerBase] = []
         for i in range(n):
             s = settings if settings.seed is None or i == 0 else _reseed(settings, settings.seed + i)

@@ -28,6 +28,8 @@ __all__ = ["AnthropicMessages", "message_from", "to_prompt"]
 # Messages API arguments VAS cannot honour: refused at once rather than silently ignored.
 _UNSUPPORTED = ("stream", "tools", "tool_choice", "thinking", "container", "mcp_servers")
 _STOP_REASON = {"stop": "end_turn", "length": "max_tokens"}
+# VAS options handed on to the client's request planning (block and rerank sizes, the seed).
+_VAS_OPTIONS = ("seed", "block_len", "block_n", "rerank_n", "rerank")
 
 
 def to_prompt(messages: Sequence[dict[str, Any]], system: Any = None) -> list[dict[str, Any]]:
@@ -106,7 +108,8 @@ class AnthropicMessages:
             value_model: a checkpoint directory, a value function, or a list of them.
             beta: one number, or one per value model (0 = the base model).
             k, mode: as for the OpenAI-shaped calls ("auto" picks block where the model accepts
-                a prefill, else rerank).
+                a prefill, else rerank); seed, block_len, block_n, rerank_n, rerank are handed on
+                to the client's block and rerank settings.
 
         Returns:
             anthropic.types.Message with `.vas` (a coroutine on the async client).
@@ -118,7 +121,7 @@ class AnthropicMessages:
         bad = [key for key in _UNSUPPORTED if sdk.get(key) not in (None, False)]
         if bad:
             raise ConfigError(f"{', '.join(bad)} cannot be used in a VAS request; drop them.")
-        extra = set(sdk) - set(_UNSUPPORTED)  # anything else would be silently dropped: refused
+        extra = set(sdk) - set(_UNSUPPORTED) - set(_VAS_OPTIONS)  # others would be dropped: refused
         if extra:
             raise ConfigError(f"unknown argument(s) {sorted(extra)} for messages.create.")
         if stop_sequences is not None and (isinstance(stop_sequences, str) or not isinstance(stop_sequences, list | tuple)):
@@ -131,7 +134,8 @@ class AnthropicMessages:
         betas = opts.get("beta", 0)
         steered = bool(value_fns) and any(b != 0 for b in (betas if isinstance(betas, list | tuple) else [betas]))
         sampler_args = {"max_tokens": max_tokens, "temperature": temperature,
-                        "stop": list(stop_sequences) if stop_sequences else None}
+                        "stop": list(stop_sequences) if stop_sequences else None,
+                        **{key: sdk[key] for key in _VAS_OPTIONS if key in sdk}}
         if steered or opts.get("mode", "auto") not in ("auto", None):
             from ..client import NOT_GIVEN
 
@@ -184,7 +188,7 @@ class AnthropicMessages:
 
         start = time.perf_counter()
         result = provider.sample(prefix, n=1, max_tokens=args["max_tokens"], temperature=temperature,
-                                 stop=args["stop"], seed=opts.get("seed"))
+                                 stop=args["stop"], seed=args.get("seed", opts.get("seed")))
         if hasattr(result, "__await__"):
             async def later() -> Any:
                 return finish(await result, start)
