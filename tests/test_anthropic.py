@@ -23,6 +23,7 @@ from vas_api.errors import CapabilityError, ConfigError, NoLogprobsError, Provid
 from vas_api.providers import AnthropicProvider, AsyncAnthropicProvider, connect
 from vas_api.providers import anthropic_wire as wire
 from vas_api.providers.anthropic import forget_learned
+from vas_api.providers.anthropic_messages import message_from
 from vas_api.types import Prefix
 
 KEY = "placeholder-" + "0" * 8  # not a key; checked never to appear in an error
@@ -282,19 +283,27 @@ def test_compatible_servers_get_neutral_samplers_the_hosted_api_none():
 def test_auto_mode_asks_again_once_a_model_rejects_prefill(monkeypatch):
     """The retry decision of `messages.create` (the block and rerank samplers it drives are
     tested with the modes work): a PrefillRejectedError in auto mode is followed by one more
-    attempt (the provider then profiles the model as rerank-only); an explicit mode is not."""
-    client = vas_api.wrap(Server().client(), value_model=PrefixValue(), beta=2.0)
+    attempt (the provider then profiles the model as rerank-only), and what the first attempt
+    billed before the rejection is counted in the answer; an explicit mode is not retried."""
+    server = Server(ok(" first try", input_tokens=7, output_tokens=3), ok("Final answer.", input_tokens=5, output_tokens=2),
+                    ok(" again"))
+    client = vas_api.wrap(server.client(), value_model=PrefixValue(), beta=2.0)
+    provider = AnthropicProvider(server.client(), "claude-frontier")
     attempts = []
 
     def fake_create(kind, model, prompt, args, vas):
         attempts.append(vas["mode"])
+        samples = provider.sample(Prefix(prompt), n=1, max_tokens=4)  # a real, billed call
         if len(attempts) == 1:
             raise wire.PrefillRejectedError("no prefill", workable_modes=["rerank"])
-        return "second"
+        report = vas_api.VASReport(mode="rerank", model=model, k=0, betas=(2.0,), usage=samples.usage, api_calls=1)
+        return message_from(model, samples.completions[0].text, "stop", samples.usage, report)
 
     monkeypatch.setattr(client, "_create", fake_create)
     kw = dict(model="claude-frontier", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
-    assert client.messages.create(**kw) == "second" and len(attempts) == 2
+    msg = client.messages.create(**kw)
+    assert len(attempts) == 2 and msg.content[0].text == "Final answer."
+    assert (msg.usage.input_tokens, msg.usage.output_tokens, msg.vas.api_calls) == (12, 5, 2)
     attempts.clear()
     with pytest.raises(wire.PrefillRejectedError):
         client.messages.create(mode="block", **kw)

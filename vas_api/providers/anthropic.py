@@ -20,6 +20,7 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
@@ -29,7 +30,11 @@ from ..errors import ConfigError, NoLogprobsError
 from ..types import Completion, Draft, Prefix, Prompt, ProviderProfile, Samples, Usage
 from . import anthropic_wire as wire
 
-__all__ = ["AnthropicProvider", "AsyncAnthropicProvider", "forget_learned"]
+__all__ = ["AnthropicProvider", "AsyncAnthropicProvider", "forget_learned", "SPENT"]
+
+SPENT: ContextVar[list[Usage] | None] = ContextVar("vas_anthropic_spent", default=None)
+"""Where `sample()` also records each answer's usage, when set (a list): lets a request that is
+asked again (a model that turned out to reject prefill) still count what its first try billed."""
 
 # (base_url, model) -> {"prefill": False once rejected, "echoes_prefill": bool}
 _LEARNED: dict[tuple[str, str], dict[str, bool]] = {}
@@ -99,6 +104,9 @@ class _Core:
         return err
 
     def parse(self, messages: Sequence[Any], prefix: Prefix) -> Samples:
+        sink = SPENT.get()
+        if sink is not None:
+            sink.extend(wire.usage_of(m) for m in messages)
         usage = Usage()
         completions: list[Completion] = []
         for message in messages:

@@ -146,26 +146,38 @@ class AnthropicMessages:
     def _steered(self, model: str, prompt: list[dict[str, Any]], args: dict[str, Any], vas: dict[str, Any],
                  *, auto: bool):
         """The client's sampler loop; in auto mode a model that turns out to reject prefill
-        (the provider now remembers it) is asked again, and auto mode then picks rerank."""
+        (the provider now remembers it) is asked again, and auto mode then picks rerank. The
+        calls the first try made before the rejection are billed: they are added to the answer's
+        usage and call count."""
+        from .anthropic import SPENT
         from .anthropic_wire import PrefillRejectedError
 
         create = self._owner._create
+        sink: list[Usage] = []
+        token = SPENT.set(sink)
         try:
             result = create("messages", model, prompt, args, vas)
         except PrefillRejectedError:
             if not auto:
                 raise
-            return create("messages", model, prompt, args, vas)
+            lost = list(sink)  # the retry below records into the sink too
+            return _with_spent(create("messages", model, prompt, args, vas), lost)
+        finally:
+            SPENT.reset(token)
         if not hasattr(result, "__await__"):
             return result
 
         async def later() -> Any:
+            inner = SPENT.set(sink)
             try:
                 return await result
             except PrefillRejectedError:
                 if not auto:
                     raise
-                return await create("messages", model, prompt, args, vas)
+                lost = list(sink)
+                return _with_spent(await create("messages", model, prompt, args, vas), lost)
+            finally:
+                SPENT.reset(inner)
 
         return later()
 
@@ -195,3 +207,24 @@ class AnthropicMessages:
 
             return later()
         return finish(result, start)
+
+
+def _with_spent(message: Any, spent: list[Usage]) -> Any:
+    """`message` with the usage of calls a discarded first try made added to its usage and report."""
+    from anthropic.types import Usage as AnthropicUsage
+
+    lost = sum(spent, Usage())
+    if not lost.calls:
+        return message
+    u = message.usage
+    message.usage = AnthropicUsage(
+        input_tokens=u.input_tokens + lost.prompt_tokens - lost.cached_tokens - lost.cache_write_tokens,
+        output_tokens=u.output_tokens + lost.completion_tokens,
+        cache_creation_input_tokens=(u.cache_creation_input_tokens or 0) + lost.cache_write_tokens,
+        cache_read_input_tokens=(u.cache_read_input_tokens or 0) + lost.cached_tokens,
+    )
+    report = getattr(message, "vas", None)
+    if report is not None:
+        report.usage = report.usage + lost
+        report.api_calls += lost.calls
+    return message
