@@ -318,3 +318,33 @@ class PrefixValue:
 
     def score_candidates(self, prefix_text, cands):
         return self.values([prefix_text + c for c in cands])
+
+
+def test_steered_request_on_a_model_that_rejects_prefill_ends_in_rerank_and_counts_every_call():
+    """End to end through the client's block and rerank samplers (they come with the modes work;
+    skipped without them): block mode's first step samples whole blocks, its second sends a
+    prefill and is refused, auto mode asks again in rerank, and the answer counts every billed call."""
+    pytest.importorskip("vas_api.sampler.block")
+    from estimators.baselines import PrefixRewardValue
+
+    msg = "This model does not support assistant message prefill. The conversation must end with a user message."
+    seen = []
+
+    def handler(request):
+        body = json.loads(request.content)
+        seen.append(body)
+        if body["messages"][-1]["role"] == "assistant":
+            return httpx2.Response(400, json=error_body("invalid_request_error", msg))
+        return ok(f"Lovely stay number {len(seen)}!", input_tokens=10, output_tokens=5, stop_reason="max_tokens")
+
+    sdk = anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+    client = vas_api.wrap(sdk, value_model=PrefixRewardValue("vader"), beta=4.0)
+    kw = dict(model="claude-frontier", max_tokens=16, messages=[{"role": "user", "content": "Review my hotel."}])
+    first = client.messages.create(**kw)
+    rejected = [b for b in seen if b["messages"][-1]["role"] == "assistant"]
+    assert first.vas.mode == "rerank" and len(rejected) == 1
+    billed = len(seen) - len(rejected)
+    assert first.vas.api_calls == billed and first.usage.input_tokens == 10 * billed
+    again = client.messages.create(**kw)
+    assert again.vas.mode == "rerank"
+    assert sum(b["messages"][-1]["role"] == "assistant" for b in seen) == 1  # remembered: no new prefill

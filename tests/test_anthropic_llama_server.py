@@ -119,3 +119,16 @@ def test_block_style_continuation_grows_the_response(client):
             break
     assert response.strip()
     assert "<|im_start|>" not in response and "<|im_end|>" not in response
+
+
+def test_block_mode_end_to_end_through_the_anthropic_sdk(client):
+    """Steered messages.create on llama-server: auto mode picks block (prefill, no logprobs)."""
+    pytest.importorskip("vas_api.sampler.block")  # the block sampler comes with the modes work
+    from estimators.baselines import PrefixRewardValue
+
+    wrapped = vas_api.wrap(client, value_model=PrefixRewardValue("vader"), beta=4.0)
+    msg = wrapped.messages.create(model="smollm2", max_tokens=24, messages=CHAT, seed=1)
+    assert isinstance(msg, anthropic.types.Message) and msg.vas.mode == "block"
+    assert msg.content[0].text.strip() and msg.vas.api_calls > 1
+    assert msg.usage.output_tokens > 0
+    assert "<|im_start|>" not in msg.content[0].text
