@@ -1,13 +1,17 @@
 """Value functions that are not (only) learned: a reward applied to the prefix, and a residual
 value model that starts exactly at that baseline and learns a correction.
 
-Both satisfy `vas_api.types.ValueFunction`, so they go wherever a value model goes. A value
-function only ever sees the full text (the rendered prompt followed by the response so far);
-to call a reward, which wants (prompt, completion), it has to know where the prompt ends. That
-is the job of a *prompt split*: a function text -> (prompt_text, response_so_far). The usual
-one cuts after the last occurrence of the chat template's assistant header (for SmolLM2 and
-other ChatML models "<|im_start|>assistant\\n"); `split_after_prompt(prompt_text)` handles
-raw-text prompts when the prompt is known. Only marker splits are saved in checkpoints.
+Both satisfy `vas_api.types.ValueFunction`, so they go wherever a value model goes. A reward
+wants (prompt, completion), so these need to know where the prompt ends. They render the prompt
+themselves (`render_prompt`, the canonical form of `estimators.prompt_format`) and are told
+where it ends (`prompt_lens=` / `prompt_len=`): the client passes the prompt and the response
+separately, so nothing is searched for and any base, template or raw prompt works.
+
+Without that information (a caller of the plain `values(texts)`, or a residual checkpoint from
+before prompt formats) they fall back to a *prompt split*: a function text -> (prompt_text,
+response_so_far), by default cutting after the last ChatML assistant header
+("<|im_start|>assistant\\n", also the end of the canonical form); `split_after_prompt(prompt_text)`
+handles raw-text prompts when the prompt is known. Only marker splits are saved in checkpoints.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 
 from vas_api.errors import CheckpointError, ConfigError, ValueModelError
 
+from .prompt_format import DEFAULT_FORMAT, PromptFormat
 from .rewards import Reward, build_reward, compute_rewards
 
 if TYPE_CHECKING:
@@ -88,20 +93,36 @@ class PrefixRewardValue:
 
     Args:
         reward: a Reward or a reward spec string ("vader", "length:target=40", ...).
-        prompt_split: a marker string (split after its last occurrence) or a function
-            text -> (prompt_text, response); default: the ChatML assistant header.
+        prompt_split: for texts that come without their prompt's end: a marker string (split
+            after its last occurrence) or a function text -> (prompt_text, response); default:
+            the ChatML assistant header.
+        prompt_format: how `render_prompt` renders prompts (the reward then sees this text as
+            the prompt).
     """
 
     def __init__(
-        self, reward: Reward | str, prompt_split: str | PromptSplit = CHATML_ASSISTANT
+        self,
+        reward: Reward | str,
+        prompt_split: str | PromptSplit = CHATML_ASSISTANT,
+        prompt_format: PromptFormat = DEFAULT_FORMAT,
     ) -> None:
         self.reward = build_reward(reward) if isinstance(reward, str) else reward
         self.split = _as_split(prompt_split)
         self.marker: str | None = getattr(self.split, "marker", None)
+        self.prompt_format = prompt_format
         self.description = f"prefix-reward({self.reward.description})"
 
-    def values(self, texts: Sequence[str]) -> list[float]:
+    def render_prompt(self, prompt: str | Sequence[dict[str, Any]]) -> str:
+        """The prompt text the reward is given, in this function's canonical form."""
+        return self.prompt_format.render(prompt)
+
+    def values(self, texts: Sequence[str], *, prompt_lens: Sequence[int] | None = None) -> list[float]:
         """The reward of each text's response-so-far, shape (B,).
+
+        Args:
+            texts: rendered prompt + response so far.
+            prompt_lens: where each text's prompt ends (characters); None splits each text with
+                the prompt split instead.
 
         Raises:
             ValueModelError: a text cannot be split into prompt and response.
@@ -109,12 +130,20 @@ class PrefixRewardValue:
         """
         if not texts:
             return []
-        pairs = [self.split(t) for t in texts]
+        if prompt_lens is not None:
+            if len(prompt_lens) != len(texts):
+                raise ValueModelError(f"{len(prompt_lens)} prompt_lens for {len(texts)} texts.")
+            pairs = [(t[:n], t[n:]) for t, n in zip(texts, prompt_lens, strict=True)]
+        else:
+            pairs = [self.split(t) for t in texts]
         return compute_rewards(self.reward, [p for p, _ in pairs], [c for _, c in pairs])
 
-    def score_candidates(self, prefix_text: str, candidate_texts: Sequence[str]) -> list[float]:
-        """V(prefix_text + c) for each candidate c, shape (k,)."""
-        return self.values([prefix_text + c for c in candidate_texts])
+    def score_candidates(
+        self, prefix_text: str, candidate_texts: Sequence[str], *, prompt_len: int | None = None
+    ) -> list[float]:
+        """V(prefix_text + c) for each candidate c, shape (k,); `prompt_len` as in `values`."""
+        lens = None if prompt_len is None else [prompt_len] * len(candidate_texts)
+        return self.values([prefix_text + c for c in candidate_texts], prompt_lens=lens)
 
 
 class ResidualValueModel(torch.nn.Module):
@@ -150,22 +179,30 @@ class ResidualValueModel(torch.nn.Module):
         """(B, T) values: `base_values` (the reward of each prefix, precomputed) + correction."""
         return base_values + self.model(input_ids, attention_mask)
 
-    def values(self, texts: Sequence[str]) -> torch.Tensor:
-        """V(text) for each text, shape (B,)."""
+    def render_prompt(self, prompt: str | Sequence[dict[str, Any]]) -> str | None:
+        """The correction model's own prompt rendering (None for a checkpoint without one)."""
+        return self.model.render_prompt(prompt)
+
+    def values(self, texts: Sequence[str], *, prompt_lens: Sequence[int] | None = None) -> torch.Tensor:
+        """V(text) for each text, shape (B,); `prompt_lens` as in `PrefixRewardValue.values`."""
         correction = self.model.values(list(texts))
-        base = torch.tensor(self.baseline.values(texts), dtype=correction.dtype)
+        base = torch.tensor(self.baseline.values(texts, prompt_lens=prompt_lens), dtype=correction.dtype)
         return base.to(correction.device) + correction
 
-    def score_candidates(self, prefix_text: str, candidate_texts: Sequence[str]) -> torch.Tensor:
+    def score_candidates(
+        self, prefix_text: str, candidate_texts: Sequence[str], *, prompt_len: int | None = None
+    ) -> torch.Tensor:
         """V(prefix_text + c) for each candidate c, shape (k,)."""
         correction = self.model.score_candidates(prefix_text, list(candidate_texts))
         base = torch.tensor(
-            self.baseline.score_candidates(prefix_text, candidate_texts), dtype=correction.dtype
+            self.baseline.score_candidates(prefix_text, candidate_texts, prompt_len=prompt_len),
+            dtype=correction.dtype,
         )
         return base.to(correction.device) + correction
 
     def score_draft(
-        self, prefix_text: str, path: Sequence[str], candidates: Sequence[Sequence[str]]
+        self, prefix_text: str, path: Sequence[str], candidates: Sequence[Sequence[str]], *,
+        prompt_len: int | None = None,
     ) -> list[torch.Tensor]:
         """`ValueModel.score_draft` (one forward for a whole drafted path) plus the reward of
         each candidate's prefix; one (k_i,) tensor per position."""
@@ -173,7 +210,8 @@ class ResidualValueModel(torch.nn.Module):
         texts = [
             prefix_text + "".join(path[:i]) + c for i, cands in enumerate(candidates) for c in cands
         ]
-        base = iter(self.baseline.values(texts))
+        lens = None if prompt_len is None else [prompt_len] * len(texts)
+        base = iter(self.baseline.values(texts, prompt_lens=lens))
         return [
             torch.tensor([next(base) for _ in cands], dtype=corr.dtype).to(corr.device) + corr
             for cands, corr in zip(candidates, corrections, strict=True)
@@ -203,6 +241,9 @@ class ResidualValueModel(torch.nn.Module):
 
     def residual_metadata(self) -> dict[str, Any]:
         """What a checkpoint stores to rebuild the baseline."""
+        if self.model.config.prompt_format is not None:
+            # The prompt's end always comes with the text; the marker is only the fallback.
+            return {"reward": self.baseline.reward.description, "prompt_marker": self.baseline.marker}
         if self.baseline.marker is None:
             raise CheckpointError(
                 "only residual models with a marker prompt split can be saved "
@@ -235,24 +276,44 @@ class ResidualValueModel(torch.nn.Module):
         info = (model.config.metadata or {}).get("residual")
         if not isinstance(info, dict) or "reward" not in info or "prompt_marker" not in info:
             raise CheckpointError(f"checkpoint {where} is not a residual value model")
+        marker = info["prompt_marker"] or CHATML_ASSISTANT
         try:
-            baseline = PrefixRewardValue(info["reward"], info["prompt_marker"])
+            fmt = model.prompt_format or DEFAULT_FORMAT
+            baseline = PrefixRewardValue(info["reward"], marker, prompt_format=fmt)
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {where} names a bad reward: {exc}") from exc
         return cls(model, baseline)
 
 
 def load_value_function(
-    directory: str | os.PathLike[str], device: str | torch.device | None = None
+    directory: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    *,
+    prompt_format: PromptFormat | None = None,
 ) -> ValueModel | ResidualValueModel:
     """Load a saved value model, residual or plain, as its metadata says.
 
+    Args:
+        directory: the checkpoint.
+        device: where to put it (default CUDA when available).
+        prompt_format: declare the canonical form of a checkpoint saved before prompt formats
+            were recorded (e.g. `SMOLLM2_CHATML` for one trained on the embedded SmolLM2's chat
+            samples), so it scores its own rendering instead of the base's text.
+
     Raises:
-        CheckpointError: the directory is missing or not a valid checkpoint.
+        CheckpointError: the directory is missing or not a valid checkpoint, or prompt_format
+            contradicts the one the checkpoint records.
     """
     from .value_model import ValueModel
 
     model = ValueModel.load(directory, device=device)
+    if prompt_format is not None:
+        saved = model.config.prompt_format
+        if saved is not None and saved != prompt_format.to_json():
+            raise CheckpointError(
+                f"{directory} records prompt_format {saved}; it cannot be read as {prompt_format.to_json()}."
+            )
+        model.config.prompt_format = prompt_format.to_json()
     if (model.config.metadata or {}).get("residual"):
         return ResidualValueModel.from_value_model(model, directory)
     return model

@@ -2,13 +2,18 @@
 
     checkpoint/
         config.json         format, format_version, the ValueModelConfig fields (backbone,
-                            num_layers, metadata: reward description, base model id, training
-                            stats, ...) and the backbone's Hugging Face config (hf_config)
+                            num_layers, prompt_format: the model's own rendering of prompts,
+                            metadata: reward description, base model id, training stats, ...)
+                            and the backbone's Hugging Face config (hf_config)
         model.safetensors   every tensor of the value model (backbone.* and head.*)
         tokenizer/          the tokenizer, so a checkpoint loads offline without the GGUF
 
 Loading never unpickles anything: a .bin/.pt/.pkl file is refused, not read (torch.load on a
-file from elsewhere can run arbitrary code).
+file from elsewhere can run arbitrary code); weights holding NaN or infinity are refused too
+(a value model with them scores every candidate NaN).
+
+Format versions: 1 had no prompt_format (such checkpoints score the base's rendered prompt
+text); 2 records it. Both load.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ __all__ = [
 ]
 
 FORMAT = "vas-api-value-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
@@ -153,7 +158,21 @@ def _read_config(d: Path) -> dict[str, Any]:
         )
     if not isinstance(cfg.get("backbone"), str):
         raise CheckpointError(f"{path} lacks the backbone name.")
+    if cfg.get("prompt_format") is not None:
+        from estimators.prompt_format import PromptFormat
+
+        PromptFormat.from_json(cfg["prompt_format"], path)  # raises CheckpointError
     return cfg
+
+
+def _refuse_non_finite(state_dict: dict[str, torch.Tensor], weights: Path) -> None:
+    bad = [k for k, t in state_dict.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(
+            f"{weights} holds NaN or infinite weights in {len(bad)} tensor(s) "
+            f"({', '.join(sorted(bad)[:5])}{' ...' if len(bad) > 5 else ''}): training diverged or "
+            "the file is corrupt. Retrain (a lower learning rate) or use an earlier checkpoint."
+        )
 
 
 def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
@@ -190,6 +209,7 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
         raise CheckpointError(
             f"{weights} is not a valid safetensors file ({e}); the checkpoint is corrupt."
         ) from e
+    _refuse_non_finite(state_dict, weights)
     hf = dict(cfg.pop("hf_config"))
     try:
         hf_config = CONFIG_MAPPING[hf["model_type"]].from_dict(hf)

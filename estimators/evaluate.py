@@ -2,7 +2,9 @@
 
 For each scored sample with final reward R and a fraction f of its completion (see
 `estimators.states`: the state after floor(f * L) value-model tokens), the value function
-scores the text prompt_text + completion[:that state] through its public `values(texts)`:
+scores the text prompt_text + completion[:that state] through its public `values(texts)`, where
+prompt_text is the value function's own rendering of the prompt (`render_prompt`, told where it
+ends) or, for one without, the base's rendered prompt text:
 - mse@f: mean of (V - R)^2 over samples (how well V predicts the reward it will get);
 - spearman@f: Spearman rank correlation between V and R over samples.
 The headline numbers `mse` and `spearman` are those at f = 0.5 ("half the completion").
@@ -20,7 +22,8 @@ from vas_api.errors import DataError
 from vas_api.types import ValueFunction
 
 from .data import Sample
-from .states import prefix_at, split_states
+from .prompt_format import prompt_text_for, values_for
+from .states import split_states
 
 __all__ = ["spearman", "evaluate_value", "values_at", "metrics_of", "json_safe", "DEFAULT_FRACTIONS"]
 
@@ -85,7 +88,8 @@ def values_at(
         tokenizer: the fast tokenizer that defines the states.
         fraction: 0 = the prompt alone, 0.5 = half the completion, 1 = the finished text.
         batch_size: texts per `values` call.
-        splits: precomputed `split_states` of the samples (optional).
+        splits: precomputed `split_states` of the samples on the value function's prompt texts
+            (optional).
 
     Returns:
         One float per sample.
@@ -93,17 +97,19 @@ def values_at(
     Raises:
         DataError: the value function returned the wrong number of values.
     """
+    prompts = [prompt_text_for(value_fn, s.prompt, s.prompt_text) for s in samples]
     if splits is None:
-        splits = [split_states(tokenizer, s.prompt_text, s.completion) for s in samples]
-    texts = [
-        prefix_at(s.prompt_text, s.completion, sp, fraction) if sp else s.prompt_text
+        splits = [split_states(tokenizer, p, s.completion) for p, s in zip(prompts, samples, strict=True)]
+    responses = [
+        s.completion[: sp.ends[sp.state_at(fraction)]] if sp else ""
         for s, sp in zip(samples, splits, strict=True)
     ]
     values: list[float] = []
-    for i in range(0, len(texts), batch_size):
-        values += _as_floats(value_fn.values(texts[i : i + batch_size]))
-    if len(values) != len(texts):
-        raise DataError(f"value function returned {len(values)} values for {len(texts)} texts")
+    for i in range(0, len(samples), batch_size):
+        part = slice(i, i + batch_size)
+        values += _as_floats(values_for(value_fn, prompts[part], responses[part]))
+    if len(values) != len(samples):
+        raise DataError(f"value function returned {len(values)} values for {len(samples)} texts")
     return values
 
 
@@ -137,7 +143,8 @@ def evaluate_value(
     unscored = sum(s.reward is None for s in samples)
     if unscored:
         raise DataError(f"{unscored} of {len(samples)} samples have no reward; pass a reward spec")
-    splits = [split_states(tokenizer, s.prompt_text, s.completion) for s in samples]
+    splits = [split_states(tokenizer, prompt_text_for(value_fn, s.prompt, s.prompt_text), s.completion)
+              for s in samples]
     values = {f: values_at(value_fn, samples, tokenizer, f, batch_size=batch_size, splits=splits)
               for f in fractions}
     return metrics_of(values, [float(s.reward) for s in samples])  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ from vas_api.errors import CheckpointError, ConfigError, DataError
 from .baselines import PrefixRewardValue, ResidualValueModel, load_value_function
 from .data import Sample, prompt_key, read_samples
 from .evaluate import evaluate_value, json_safe
+from .prompt_format import DEFAULT_FORMAT
 from .rewards import build_reward, compute_rewards
 from .states import StateSplit, split_states
 from .td import last_state_rewards, td_lambda_returns, value_loss
@@ -54,7 +55,11 @@ class TrainConfig:
     backbone: str | None = None  # HF name/path; None: SmolLM2-135M-Instruct from the GGUF
     num_layers: int | None = None  # keep the first N backbone layers; None: the model default
     residual: bool = False  # learn V = reward(prefix) + correction instead of V directly
-    prompt_marker: str = "<|im_start|>assistant\n"  # residual only: where the prompt ends
+    prompt_marker: str = "<|im_start|>assistant\n"  # residual only: fallback split for bare texts
+    # The value model's own prompt rendering, saved in its checkpoint: "chatml" (canonical, so
+    # the model steers any base, template or raw prompt), or "base" (the samples' prompt_text,
+    # the base's own template: the model then only fits that base, as before formats existed).
+    prompt_format: str = "chatml"
     lam: float = 0.95  # TD(lambda); 0 = TD(0), 1 = Monte Carlo
     gamma: float = 1.0
     lr: float = 5e-5
@@ -97,9 +102,14 @@ class TrainConfig:
             problems.append("a residual model needs a reward spec (its baseline)")
         if self.max_length < 2:
             problems.append("max_length must be at least 2")
+        if self.prompt_format not in ("chatml", "base"):
+            problems.append('prompt_format must be "chatml" or "base"')
         if problems:
             raise ConfigError("bad training config: " + "; ".join(problems))
 
+
+# What a field meant in a saved run from before it existed.
+_LEGACY_DEFAULTS = {"prompt_format": "base"}
 
 # Fields that may change when a run is resumed (they do not change what was already done).
 _RESUMABLE_CHANGES = {
@@ -176,19 +186,30 @@ def split_by_prompt(
     return train, val
 
 
+def prompt_text_of(model: Any, sample: Sample) -> str:
+    """The prompt text a value model trains on for `sample`: its own rendering of the sample's
+    prompt, or the base's `prompt_text` for a model without a prompt format."""
+    render = getattr(model, "render_prompt", None)
+    own = render(sample.prompt) if render is not None else None
+    return sample.prompt_text if own is None else own
+
+
 def _encode(
-    samples: list[Sample], tokenizer: Any, cfg: TrainConfig, baseline: PrefixRewardValue | None
+    samples: list[Sample], model: Any, cfg: TrainConfig, baseline: PrefixRewardValue | None
 ) -> tuple[list[_Item], int]:
     items, too_long = [], 0
     for s in samples:
-        split = split_states(tokenizer, s.prompt_text, s.completion, max_length=cfg.max_length)
+        prompt_text = prompt_text_of(model, s)
+        split = split_states(model.tokenizer, prompt_text, s.completion, max_length=cfg.max_length)
         if split is None:
             too_long += 1
             continue
         base = None
         if baseline is not None:
-            # The baseline sees exactly the text of each state, as it would at generation time.
-            base = baseline.values([s.prompt_text + s.completion[:e] for e in split.ends])
+            # The baseline sees exactly the text of each state, as it would at generation time,
+            # and is told where the prompt ends.
+            texts = [prompt_text + s.completion[:e] for e in split.ends]
+            base = baseline.values(texts, prompt_lens=[len(prompt_text)] * len(texts))
         items.append(_Item(split, float(s.reward), base))  # type: ignore[arg-type]
     return items, too_long
 
@@ -235,6 +256,8 @@ def _build_model(cfg: TrainConfig, model: Any | None) -> Any:
         model = ValueModel.from_backbone(cfg.backbone, **kwargs)
     elif cfg.device is not None:
         model.to(cfg.device)
+    if hasattr(model, "config") and hasattr(model.config, "prompt_format"):
+        model.config.prompt_format = DEFAULT_FORMAT.to_json() if cfg.prompt_format == "chatml" else None
     if cfg.freeze_backbone:
         for p in _backbone(model).parameters():
             p.requires_grad_(False)
@@ -318,7 +341,8 @@ def _load_state(
     saved = info.get("config", {})
     changed = [
         f.name for f in fields(TrainConfig)
-        if f.name not in _RESUMABLE_CHANGES and saved.get(f.name) != getattr(cfg, f.name)
+        if f.name not in _RESUMABLE_CHANGES
+        and saved.get(f.name, _LEGACY_DEFAULTS.get(f.name)) != getattr(cfg, f.name)
     ]
     if changed:
         raise ConfigError(
@@ -388,7 +412,7 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
     device = next(model.parameters()).device
     tokenizer = model.tokenizer
     baseline = PrefixRewardValue(cfg.reward, cfg.prompt_marker) if cfg.residual else None
-    items, too_long = _encode(train_samples, tokenizer, cfg, baseline)
+    items, too_long = _encode(train_samples, model, cfg, baseline)
     if not items:
         raise DataError(f"no sample fits in max_length={cfg.max_length} tokens")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

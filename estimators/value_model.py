@@ -26,6 +26,7 @@ from estimators import checkpoint as ckpt
 from estimators._tokens import PrefixTokens, TextEncoder, common_prefix_len
 from estimators._tree import TokenTree, build_tree
 from estimators.backbone import DEFAULT_BACKBONE, load_backbone, prepare_tokenizer
+from estimators.prompt_format import DEFAULT_FORMAT, PromptFormat
 from vas_api.errors import CheckpointError, ValueModelError
 
 __all__ = ["DEFAULT_LAYERS", "ValueModel", "ValueModelConfig"]
@@ -63,6 +64,9 @@ class ValueModelConfig:
             stats (vas-api reads none of it).
         batch_size: most texts per forward in `values()` (bounds memory on long inputs).
         cache_slots: prefixes whose KV cache is kept at once (one per concurrent generation).
+        prompt_format: how the model renders a prompt before the response
+            (`PromptFormat.to_json()`); None for checkpoints from before it was recorded, which
+            score the base's rendered prompt text instead.
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -70,6 +74,7 @@ class ValueModelConfig:
     metadata: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 32
     cache_slots: int = 4
+    prompt_format: dict[str, Any] | None = None
 
 
 def default_device() -> torch.device:
@@ -154,6 +159,7 @@ class ValueModel(nn.Module):
         num_layers: int | None = DEFAULT_LAYERS,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        prompt_format: PromptFormat | None = DEFAULT_FORMAT,
     ) -> ValueModel:
         """A fresh value model (V == 0) on a pretrained backbone, loaded offline.
 
@@ -164,6 +170,7 @@ class ValueModel(nn.Module):
             device: default CUDA when available, else CPU.
             dtype: default float32 (bf16 weights would make training with a plain optimizer
                 lossy; pass torch.bfloat16 explicitly for inference on a GPU).
+            prompt_format: the model's own rendering of prompts (None: the base's text).
 
         Raises:
             ValueModelError: the backbone cannot be found or loaded offline, num_layers is bad.
@@ -174,7 +181,8 @@ class ValueModel(nn.Module):
         )
         name = DEFAULT_BACKBONE if backbone is None else str(backbone)
         layers = getattr(model.config, "num_hidden_layers", None) if num_layers else None
-        return cls(model, tok, ValueModelConfig(backbone=name, num_layers=layers))
+        fmt = prompt_format.to_json() if prompt_format is not None else None
+        return cls(model, tok, ValueModelConfig(backbone=name, num_layers=layers, prompt_format=fmt))
 
     @classmethod
     def from_config(
@@ -198,7 +206,8 @@ class ValueModel(nn.Module):
         model = AutoModel.from_config(hf_config, dtype=torch.float32)
         name = f"random:{hf_config.model_type}"
         layers = getattr(hf_config, "num_hidden_layers", None)
-        return cls(model, tokenizer, ValueModelConfig(backbone=name, num_layers=layers))
+        config = ValueModelConfig(backbone=name, num_layers=layers, prompt_format=DEFAULT_FORMAT.to_json())
+        return cls(model, tokenizer, config)
 
     @property
     def device(self) -> torch.device:
@@ -265,12 +274,30 @@ class ValueModel(nn.Module):
 
     # ----------------------------------------------------------------- scoring
 
+    @property
+    def prompt_format(self) -> PromptFormat | None:
+        """The model's own prompt rendering (None: a checkpoint that scores the base's text)."""
+        fmt = self.config.prompt_format
+        return None if fmt is None else PromptFormat.from_json(fmt, "value model config")
+
+    def render_prompt(self, prompt: str | Sequence[dict[str, Any]]) -> str | None:
+        """The text this model reads before the response to `prompt`, in its own canonical form
+        (None for a checkpoint without one: then it scores the base's rendered prompt text).
+
+        Raises:
+            ConfigError: the prompt is empty or malformed.
+        """
+        fmt = self.prompt_format
+        return None if fmt is None else fmt.render(prompt)
+
     @torch.no_grad()
-    def values(self, texts: Sequence[str]) -> Tensor:
+    def values(self, texts: Sequence[str], *, prompt_lens: Sequence[int] | None = None) -> Tensor:
         """V of each full text, computed from scratch (no cache), in batches.
 
         Args:
-            texts: full texts (rendered prompt + response so far).
+            texts: full texts (the rendered prompt + response so far).
+            prompt_lens: where each prompt ends (characters); the model reads the whole text,
+                so it needs none (accepted for the ValueFunction protocol).
 
         Returns:
             (B,) float32 tensor on the CPU.
@@ -291,12 +318,15 @@ class ValueModel(nn.Module):
             out[idx] = v[torch.arange(len(idx), device=v.device), last].float().cpu()
         return out
 
-    def score_candidates(self, prefix_text: str, candidate_texts: Sequence[str]) -> Tensor:
+    def score_candidates(
+        self, prefix_text: str, candidate_texts: Sequence[str], *, prompt_len: int | None = None
+    ) -> Tensor:
         """V(prefix_text + c) for each candidate, reusing the cached prefix.
 
         Args:
             prefix_text: the committed text (rendered prompt + response so far).
             candidate_texts: k continuations (may be empty strings).
+            prompt_len: where the prompt ends in prefix_text (not needed; see `values`).
 
         Returns:
             (k,) float32 tensor on the CPU, equal to `values([prefix_text + c ...])`.
@@ -311,6 +341,8 @@ class ValueModel(nn.Module):
         prefix_text: str,
         path: Sequence[str],
         candidates: Sequence[Sequence[str]],
+        *,
+        prompt_len: int | None = None,
     ) -> list[Tensor]:
         """Score the candidates at every position of a drafted path in one forward.
 
@@ -319,6 +351,7 @@ class ValueModel(nn.Module):
             path: the drafted token texts p_0 .. p_{m-1}.
             candidates: candidates[i] are the texts scored at position i, i.e. after
                 prefix_text + p_0 + ... + p_{i-1}; len(candidates) <= len(path) + 1.
+            prompt_len: where the prompt ends in prefix_text (not needed; see `values`).
 
         Returns:
             One (k_i,) float32 CPU tensor per position: V(prefix + p_0..p_{i-1} + c).
@@ -658,6 +691,7 @@ class ValueModel(nn.Module):
         # Unknown keys (from a newer minor version) are ignored rather than fatal.
         known = {f.name for f in fields(ValueModelConfig)}
         config = ValueModelConfig(**{k: v for k, v in loaded.config.items() if k in known})
+        config.prompt_format = loaded.config.get("prompt_format")  # None: saved before formats
         model = cls(backbone, loaded.tokenizer, config)
         ckpt.load_state_dict_checked(model, loaded.state_dict, directory)
         dev = torch.device(device) if device is not None else default_device()

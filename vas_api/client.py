@@ -34,6 +34,7 @@ import openai
 from .budget import REQUEST_BUDGET_KEYS, request_meter
 from .call_options import CallOptions
 from .errors import BudgetExceededError, CapabilityError, CheckpointError, ConfigError
+from .providers.anthropic_messages import AnthropicMessages, message_from
 from .report import VASReport
 from .request_checks import (
     drop_not_given,
@@ -59,6 +60,7 @@ from .sampler.core import _SamplerBase
 from .sampler.run import arun_all, run_all
 from .streaming import AsyncVASStream, StreamState, VASStream
 from .types import Prefix, Prompt, ValueFunction
+from .value_binding import bind_values
 from .value_checks import probe_value_model
 
 __all__ = ["wrap", "VASClient", "AsyncVASClient", "NOT_GIVEN"]
@@ -79,10 +81,12 @@ _DEFAULT_MAX_TOKENS = 16  # the openai completions endpoint's default
 
 
 def wrap(client: Any, **defaults: Any) -> VASClient | AsyncVASClient:
-    """Wrap an openai `OpenAI` or `AsyncOpenAI` client (or a vas-api provider) for VAS.
+    """Wrap an openai `OpenAI` / `AsyncOpenAI` or anthropic `Anthropic` / `AsyncAnthropic` client
+    (or a vas-api provider) for VAS.
 
     Args:
-        client: openai.OpenAI / openai.AsyncOpenAI, or an object implementing
+        client: openai.OpenAI / openai.AsyncOpenAI, anthropic.Anthropic / anthropic.AsyncAnthropic
+            (use `client.messages.create`), or an object implementing
             vas_api.types.Provider / AsyncProvider (e.g. FakeProvider).
         **defaults: VAS defaults for every request: value_model, beta, k, mode, seed,
             draft_min, draft_max, restrict_top_k; and provider options chat_template, profile.
@@ -265,6 +269,7 @@ class _Base:
         prompt_text = provider.prompt_text(prompt)
         by_ids = _continues_with_ids(provider, prompt)
         n = positive_int("n", sdk.get("n"), default=1, hint="the number of choices")
+        value_fns = bind_values(value_fns, prompt, prompt_text)  # each scores its own rendering
         samplers: list[_SamplerBase] = []
         for i in range(n):
             s = settings if settings.seed is None or i == 0 else replace(settings, seed=settings.seed + i)
@@ -346,6 +351,7 @@ class VASClient(_Base):
     def _resources(self) -> None:
         self.completions = Completions(self)
         self.chat = Chat(self)
+        self.messages = AnthropicMessages(self)  # anthropic SDK shape: client.messages.create
 
     @staticmethod
     def _drive(plan: _Plan):
@@ -377,6 +383,7 @@ class AsyncVASClient(_Base):
     def _resources(self) -> None:
         self.completions = AsyncCompletions(self)
         self.chat = AsyncChat(self)
+        self.messages = AnthropicMessages(self)  # anthropic SDK shape: client.messages.create
 
     @staticmethod
     def _drive(plan: _Plan):
@@ -442,6 +449,8 @@ def _response(plan: _Plan, report: VASReport):
     )
     created, rid, model = int(time.time()), f"vas-{uuid.uuid4().hex[:16]}", plan.model
     samplers = plan.samplers
+    if plan.kind == "messages":  # an anthropic.types.Message (providers/anthropic_messages.py)
+        return message_from(model, samplers[0].response, samplers[0].finish_reason, u, report)
     finish = [s.finish_reason if s.finish_reason in ("stop", "length", "budget") else "stop" for s in samplers]
     if plan.kind == "completion":
         choices = [CompletionChoice(index=i, text=s.response, finish_reason=_sdk_finish(f), logprobs=None)

@@ -26,6 +26,7 @@ __all__ = [
     "Provider",
     "AsyncProvider",
     "ValueFunction",
+    "PromptAwareValueFunction",
 ]
 
 Prompt = str | list[dict[str, Any]]
@@ -95,12 +96,22 @@ class Position:
 
 @dataclass(slots=True)
 class Usage:
-    """Billed tokens of one or more API calls."""
+    """Billed tokens of one or more API calls.
+
+    Attributes:
+        prompt_tokens: every prompt token, cached or not.
+        completion_tokens: generated tokens.
+        cached_tokens: prompt tokens read from the provider's prompt cache.
+        calls: API calls.
+        cache_write_tokens: prompt tokens written to the provider's prompt cache (Anthropic's
+            cache_creation_input_tokens; billed above the plain input price).
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     calls: int = 0
+    cache_write_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -108,6 +119,7 @@ class Usage:
             self.completion_tokens + other.completion_tokens,
             self.cached_tokens + other.cached_tokens,
             self.calls + other.calls,
+            self.cache_write_tokens + other.cache_write_tokens,
         )
 
     @property
@@ -339,8 +351,18 @@ class AsyncProvider(Protocol):
 class ValueFunction(Protocol):
     """Anything that scores text prefixes: a learned value model, a reward on the prefix, ...
 
-    `text` is always the full text the base model continues: `provider.prompt_text(prompt)`
-    followed by the response so far (the same concatenation the estimators train on).
+    The required part: `values(texts)` and `score_candidates(prefix_text, candidate_texts)`,
+    where a text is the prompt text followed by the response so far. A function with only these
+    is given the *base's* rendered prompt, `provider.prompt_text(prompt)` (so it only fits bases
+    that render prompts the way its training data did).
+
+    A value function that travels across bases also has `render_prompt(prompt)`: its own
+    canonical rendering of the prompt (`estimators.prompt_format`, recorded in its checkpoint).
+    It is then always given that rendering followed by the response, and told where the prompt
+    ends: `values(texts, prompt_lens=...)`, `score_candidates(..., prompt_len=...)` and, where
+    it has one, `score_draft(..., prompt_len=...)` take the prompt's length in characters.
+    `render_prompt` may return None (a checkpoint saved before prompt formats): the function
+    is then treated as one without it. `vas_api.value_binding` does this for each request.
     """
 
     def values(self, texts: Sequence[str]) -> Sequence[float]:
@@ -350,4 +372,23 @@ class ValueFunction(Protocol):
     def score_candidates(self, prefix_text: str, candidate_texts: Sequence[str]) -> Sequence[float]:
         """V(prefix_text + c) for each candidate c, shape (k,). Implementations may cache the
         committed prefix between calls."""
+        ...
+
+
+@runtime_checkable
+class PromptAwareValueFunction(ValueFunction, Protocol):
+    """A `ValueFunction` that renders prompts itself and is told where they end (see there)."""
+
+    def render_prompt(self, prompt: Prompt) -> str | None:
+        """Its own rendering of `prompt` (None: use the base's prompt text)."""
+        ...
+
+    def values(self, texts: Sequence[str], *, prompt_lens: Sequence[int] | None = None) -> Sequence[float]:
+        """V(text) for each text; text i's prompt is its first prompt_lens[i] characters."""
+        ...
+
+    def score_candidates(
+        self, prefix_text: str, candidate_texts: Sequence[str], *, prompt_len: int | None = None
+    ) -> Sequence[float]:
+        """V(prefix_text + c) for each c; prefix_text's prompt is its first prompt_len characters."""
         ...

@@ -1,0 +1,109 @@
+"""One request's view of its value functions: each scores its own rendering of the prompt.
+
+The samplers build every text they score as ``prompt_text + response`` with the *base's*
+rendered prompt (`provider.prompt_text(prompt)`). A value function that renders prompts itself
+(`render_prompt`, see `vas_api.types.ValueFunction`) must see its own rendering instead, and be
+told where it ends. `bind_values` wraps such a function for one request: it knows the prompt and
+the exact base prompt text the sampler was built with, so it swaps one for the other by length
+(no marker is searched for) and passes ``prompt_len(s)=``. Functions without `render_prompt`, or
+whose `render_prompt` returns None (checkpoints from before prompt formats), are returned as
+they are, so they see exactly what they saw before.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import ValueModelError
+from .types import Prompt, ValueFunction
+
+__all__ = ["BoundValue", "bind_values"]
+
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_GUARD = threading.Lock()
+
+
+def _lock_of(vf: Any) -> threading.Lock:
+    # Views of one value model made by concurrent requests share its lock: a value model keeps
+    # a KV cache and is not thread-safe.
+    with _GUARD:
+        try:
+            return _LOCKS.setdefault(vf, threading.Lock())
+        except TypeError:  # not weak-referenceable: a lock per view
+            return threading.Lock()
+
+
+class BoundValue:
+    """`value_fn` for one prompt: texts that start with `base_prompt_text` are scored as
+    ``value_fn.render_prompt(prompt) + the rest``, with where that prompt ends.
+
+    Args:
+        value_fn: a value function with `render_prompt`.
+        prompt: the request's prompt (string or chat messages).
+        base_prompt_text: the exact prompt text the sampler puts in front of every text.
+        own_prompt_text: `value_fn.render_prompt(prompt)`.
+
+    Attributes:
+        value_fn: the wrapped function (also the key for its lock).
+    """
+
+    def __init__(self, value_fn: Any, prompt: Prompt, base_prompt_text: str, own_prompt_text: str) -> None:
+        self.value_fn = value_fn
+        self.prompt = prompt
+        self._base = base_prompt_text
+        self._own = own_prompt_text
+        self._lock = _lock_of(value_fn)
+
+    def _swap(self, text: str) -> str:
+        if not text.startswith(self._base):
+            raise ValueModelError(
+                "a text to score does not start with the request's prompt text, so its response "
+                "cannot be handed to the value model; this is a bug in the sampler."
+            )
+        return self._own + text[len(self._base):]
+
+    def values(self, texts: Sequence[str]) -> Any:
+        """V of each text (base prompt text + response), shape (B,)."""
+        own = [self._swap(t) for t in texts]
+        with self._lock:
+            return self.value_fn.values(own, prompt_lens=[len(self._own)] * len(own))
+
+    def score_candidates(self, prefix_text: str, candidate_texts: Sequence[str]) -> Any:
+        """V(prefix_text + c) for each candidate, shape (k,)."""
+        with self._lock:
+            return self.value_fn.score_candidates(
+                self._swap(prefix_text), list(candidate_texts), prompt_len=len(self._own)
+            )
+
+    def score_draft(self, prefix_text: str, path: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[Any]:
+        """Every position's candidates of a drafted path (the function's batched `score_draft`
+        when it has one, else one `score_candidates` per position)."""
+        own = self._swap(prefix_text)
+        with self._lock:
+            if hasattr(self.value_fn, "score_draft"):
+                return self.value_fn.score_draft(own, list(path), [list(c) for c in candidates],
+                                                 prompt_len=len(self._own))
+            return [
+                self.value_fn.score_candidates(own + "".join(path[:j]), list(c), prompt_len=len(self._own))
+                for j, c in enumerate(candidates)
+            ]
+
+    def __repr__(self) -> str:
+        return f"BoundValue({self.value_fn!r})"
+
+
+def bind_values(value_fns: Sequence[ValueFunction], prompt: Prompt, base_prompt_text: str) -> list[Any]:
+    """The value functions as one request with `prompt` must call them (see the module docstring).
+
+    Raises:
+        ConfigError: a value function cannot render the prompt (empty or malformed).
+    """
+    out: list[Any] = []
+    for vf in value_fns:
+        render = getattr(vf, "render_prompt", None)
+        own = render(prompt) if render is not None else None
+        out.append(vf if own is None else BoundValue(vf, prompt, base_prompt_text, own))
+    return out
