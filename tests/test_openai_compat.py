@@ -625,3 +625,21 @@ def test_draft_ends_before_a_merged_llama_server_entry():
     draft = draft_from_response(response, k=2, m=8, special_tokens=())
     assert [p.sampled.raw for p in draft.positions] == [b" Hi", b"!"]
     assert draft.finish_reason == "length"
+
+
+def test_draft_of_only_unfinished_character_is_empty_not_an_error():
+    # llama-server, when every generated token was part of one unfinished character: text
+    # "\ufffd", logprobs null. A server that returns text without logprobs is still an error.
+    from vas_api.errors import NoLogprobsError
+    from vas_api.providers.openai_wire import draft_from_response
+
+    def reply(text):
+        return Completion.model_validate({
+            "id": "c", "object": "text_completion", "created": 0, "model": "m",
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+            "choices": [{"index": 0, "text": text, "finish_reason": "length", "logprobs": None}]})
+
+    draft = draft_from_response(reply("\ufffd"), k=5, m=2, special_tokens=())
+    assert draft.positions == [] and draft.finish_reason == "length"
+    with pytest.raises(NoLogprobsError):
+        draft_from_response(reply("Hello"), k=5, m=2, special_tokens=())

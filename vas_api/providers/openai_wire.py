@@ -299,6 +299,10 @@ def draft_from_response(
     if logprobs is None:
         if usage.completion_tokens == 0 and finish == "stop":
             return Draft([], finish, usage)  # stopped at once; nothing to report
+        if not _choice_text(choice).strip("\ufffd"):
+            # llama-server: every token it generated was part of one unfinished character, and
+            # it reports no entry for those (see vas_api.logprobs); nothing usable, not an error.
+            return Draft([], "length", usage)
         raise NoLogprobsError(
             "the provider returned no logprobs, so token and speculative modes cannot run. "
             "Check that the endpoint supports logprobs (reasoning models refuse them)."
