@@ -44,6 +44,7 @@ def test_models_and_probe(llama_server, llama_server_client):
     assert profile.token_id_prompts and profile.tokenize and profile.apply_template
     assert profile.eos_token_ids and set(profile.eos_token_ids) <= set(static.eos_token_ids)
     assert profile.max_top_k is None or profile.max_top_k >= 20
+    assert profile.anchor_token_id == static.anchor_token_id is not None
 
 
 def test_candidates_are_the_models_own_distribution(ls_provider, llama_server):
@@ -66,6 +67,36 @@ def test_candidates_are_the_models_own_distribution(ls_provider, llama_server):
                           timeout=30).json()["content"]
         if c.text is not None:
             assert text == c.text
+
+
+def test_candidates_where_the_model_starts_a_multibyte_character(ls_provider, llama_server):
+    # Where the model most likely starts an emoji, an unanchored max_tokens=1 call that samples a
+    # byte fragment comes back with no logprobs at all; the provider's (anchored) candidates
+    # call always gets the position, with the same distribution as an unanchored call that
+    # happened to sample a whole token.
+    from vas_api.providers.openai_wire import neutral_sampler_params
+
+    pos = ls_provider.candidates(EMOJI, k=10).positions[0]
+    assert len(pos.candidates) == 10 and pos.sampled is None
+    assert any(c.text is None and not c.special for c in pos.candidates)  # a fragment, kept
+    standard, extra = neutral_sampler_params(ls_provider.profile)
+    body = {"model": llama_server.model, "prompt": ls_provider.prompt_text(EMOJI.prompt),
+            "max_tokens": 1, "logprobs": 10, **standard, **extra}
+    reported = 0
+    for seed in range(12):
+        lp = httpx.post(f"{llama_server.base_url}/completions", json={**body, "seed": seed},
+                        timeout=60).json()["choices"][0]["logprobs"]
+        if not lp or not lp.get("content"):
+            continue  # it sampled a fragment: no position reported
+        reported += 1
+        # llama.cpp's logits move by up to ~0.1 nats with its prompt-cache state (README), so
+        # the relation allows that: the same tokens (near-ties may swap at the edge), the same
+        # logprobs within 0.15.
+        tops = {t["id"]: t["logprob"] for t in lp["content"][0]["top_logprobs"]}
+        ours = {c.id: c.logprob for c in pos.candidates}
+        assert len(tops.keys() & ours.keys()) >= 8
+        assert all(abs(tops[i] - ours[i]) < 0.15 for i in tops.keys() & ours.keys())
+    assert reported >= 1
 
 
 def test_drafts_follow_reported_logprobs(ls_provider):

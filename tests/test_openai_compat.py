@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 import respx
+from openai.types import Completion
 
 from vas_api.errors import (
     CapabilityError,
@@ -529,8 +530,8 @@ def mock_llama_server(respx_mock):
 
     def tokenize(request):
         body = json.loads(request.content)
-        return httpx.Response(200, json={"tokens": [2] if body["content"] == "<|im_end|>"
-                                         else [101, 102, 103]})
+        known = {"<|im_end|>": [2], ".": [30]}
+        return httpx.Response(200, json={"tokens": known.get(body["content"], [101, 102, 103])})
 
     respx_mock.post(f"{root}/tokenize").mock(side_effect=tokenize)
     respx_mock.post(f"{root}/detokenize").respond(200, json={"content": "<|im_end|>"})
@@ -558,6 +559,7 @@ def test_probe_llama_server_shape_and_endpoints(respx_mock):
     assert profile.eos_token_ids == (2,) and profile.tokenize and profile.apply_template
     assert profile.token_id_prompts and profile.top_k_param and profile.n_param
     assert profile.max_top_k == 3  # it returned fewer than the 64 asked for
+    assert profile.anchor_token_id == 30
     sent = json.loads(comp.calls.last.request.content)
     assert sent["prompt"] == [101, 102, 103] and sent["samplers"] == ["top_k", "temperature"]
 
@@ -571,3 +573,73 @@ async def test_aprobe_llama_server_same_profile(respx_mock):
     client = async_client()
     assert await aprobe_profile(client, "smol", refresh=True, cache=False) == sync
     await client.close()
+
+
+def test_anchored_candidates_call_forces_a_whole_token():
+    # llama-server: the candidates call forces the anchor token with logit_bias, and the
+    # position it returns carries the candidates but no sampled token (the anchor is no sample).
+    from dataclasses import replace
+
+    from vas_api.profiles import LLAMA_SERVER
+    from vas_api.providers.openai_wire import Target, candidates_flow
+
+    profile = replace(LLAMA_SERVER, anchor_token_id=30)
+    flow = candidates_flow(profile, "m", Target("completions", prompt="Hi"), k=2,
+                           special_tokens=())
+    call = next(flow)
+    assert call.kwargs["extra_body"]["logit_bias"] == {"30": 100.0}
+    assert "min_tokens" not in call.kwargs["extra_body"]
+    tops = [{"id": 5, "token": "", "bytes": [0xF0, 0x9F], "logprob": -1.0},
+            {"id": 6, "token": " I", "bytes": [32, 73], "logprob": -2.0}]
+    reply = Completion.model_validate({
+        "id": "c", "object": "text_completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "text": ".", "finish_reason": "length", "logprobs": {
+            "content": [{"id": 30, "token": ".", "bytes": [46], "logprob": -6.0,
+                         "top_logprobs": tops}]}}]})
+    with pytest.raises(StopIteration) as done:
+        flow.send(reply)
+    (pos,) = done.value.value.positions
+    assert pos.sampled is None and [c.id for c in pos.candidates] == [5, 6]
+    assert pos.candidates[0].text is None and not pos.candidates[0].special
+
+
+def test_draft_ends_before_a_merged_llama_server_entry():
+    # A draft whose third entry is llama-server's merged character (whole emoji sent, the last
+    # token's continuation-byte candidates): the draft keeps the two positions before it.
+    from vas_api.providers.openai_wire import draft_from_response
+
+    def entry(tid, sent, tops):
+        return {"id": tid, "token": sent.decode("utf-8", "ignore"), "bytes": list(sent),
+                "logprob": -0.5, "top_logprobs": [
+                    {"id": i, "token": b.decode("utf-8", "ignore"), "bytes": list(b),
+                     "logprob": -0.5 - j} for j, (i, b) in enumerate(tops)]}
+
+    content = [entry(1, b" Hi", [(1, b" Hi"), (2, b" Ho")]),
+               entry(3, b"!", [(3, b"!"), (4, b".")]),
+               entry(5, b" \xf0\x9f\x9a\xa8", [(5, b"\xa8"), (6, b"\x80")]),
+               entry(7, b" ok", [(7, b" ok")])]
+    response = Completion.model_validate({
+        "id": "c", "object": "text_completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "text": " Hi! \U0001f6a8 ok", "finish_reason": "length",
+                     "logprobs": {"content": content}}]})
+    draft = draft_from_response(response, k=2, m=8, special_tokens=())
+    assert [p.sampled.raw for p in draft.positions] == [b" Hi", b"!"]
+    assert draft.finish_reason == "length"
+
+
+def test_draft_of_only_unfinished_character_is_empty_not_an_error():
+    # llama-server, when every generated token was part of one unfinished character: text
+    # "\ufffd", logprobs null. A server that returns text without logprobs is still an error.
+    from vas_api.errors import NoLogprobsError
+    from vas_api.providers.openai_wire import draft_from_response
+
+    def reply(text):
+        return Completion.model_validate({
+            "id": "c", "object": "text_completion", "created": 0, "model": "m",
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+            "choices": [{"index": 0, "text": text, "finish_reason": "length", "logprobs": None}]})
+
+    draft = draft_from_response(reply("\ufffd"), k=5, m=2, special_tokens=())
+    assert draft.positions == [] and draft.finish_reason == "length"
+    with pytest.raises(NoLogprobsError):
+        draft_from_response(reply("Hello"), k=5, m=2, special_tokens=())

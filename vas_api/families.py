@@ -65,6 +65,8 @@ class ServerFamily:
         min_tokens_for_eos: candidates calls send min_tokens=1.
         chat_continue: chat continues a final assistant message (continue_final_message).
         completions: string prompts may go to /v1/completions.
+        anchor_candidates: candidates calls force a whole token (see
+            `ProviderProfile.anchor_token_id`).
     """
 
     key: str
@@ -81,6 +83,7 @@ class ServerFamily:
     min_tokens_for_eos: bool = False
     chat_continue: bool = False
     completions: bool = True
+    anchor_candidates: bool = False
 
 
 # llama.cpp (llama-server): every sampler of the default chain set to its no-op value, AND the
@@ -121,7 +124,7 @@ _TABLE = (
     ServerFamily(
         "llama.cpp", "llama.cpp server", owned_by=("llamacpp",), has_props=True,
         neutral=_LLAMA_SERVER_NEUTRAL, top_k_param=True, top_k_off=0, token_id_prompts=True,
-        tokenize=True, apply_template=True,
+        tokenize=True, apply_template=True, anchor_candidates=True,
     ),
     ServerFamily(
         "llama-cpp-python", "llama-cpp-python server", owned_by=("me",),

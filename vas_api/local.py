@@ -476,10 +476,11 @@ class LlamaServer(ServerProcess):
         """What llama-server can do with this model (no probing needed)."""
         from .profiles import LLAMA_SERVER
 
-        specials, ids = _control_tokens(self.gguf_path or find_smollm2_gguf())
+        path = self.gguf_path or find_smollm2_gguf()
+        specials, ids = _control_tokens(path)
         return replace(
             LLAMA_SERVER, special_tokens=specials, eos_token_ids=ids,
-            n_param=self.n_parallel > 1,
+            n_param=self.n_parallel > 1, anchor_token_id=_token_id(path, "."),
         )
 
     def _check_installed(self) -> None:
@@ -511,6 +512,16 @@ class LlamaServer(ServerProcess):
             "--no-webui",
             *self.extra_args,
         ]
+
+
+def _token_id(gguf_path: Path, text: str) -> int | None:
+    """The id of the vocabulary entry spelled `text` (a GGUF token string), or None."""
+    from .gguf_meta import read_gguf_metadata
+
+    tokens = read_gguf_metadata(str(gguf_path), ["tokenizer.ggml.tokens"]).get(
+        "tokenizer.ggml.tokens"
+    ) or []
+    return tokens.index(text) if text in tokens else None
 
 
 def _control_tokens(gguf_path: Path) -> tuple[tuple[str, ...], tuple[int, ...]]:

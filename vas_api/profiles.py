@@ -8,7 +8,8 @@ hosted endpoints get a static profile with no calls; anything else is probed wit
    (the table in `vas_api.families`: "me" is llama-cpp-python, "llamacpp" llama-server, ...);
 2. for llama.cpp's server (or an unknown one): ``GET /props`` (its ``eos_token``), then
    ``POST /tokenize`` of that token (its id, and that /tokenize works), ``POST /detokenize`` and
-   ``POST /apply-template`` (that they work);
+   ``POST /apply-template`` (that they work), and ``POST /tokenize`` of "." (the anchor token
+   of candidates calls, see `ProviderProfile.anchor_token_id`);
 3. one /v1/completions call (8 tokens, logprobs=64, n=2, top_k=1, the prompt sent as token ids
    where the server can tokenize): the entries per position give the top-k cap (a server that
    clamps returns fewer; one that refuses says its maximum in the error, and the call is
@@ -348,6 +349,9 @@ def _probe_llama_endpoints(root: str) -> Flow:
         if eos and len(tokens) == 1:
             found["eos_ids"] = (int(tokens[0]),)
     found["eos_token"] = eos
+    anchor = yield from _tokenize(root, ".")
+    if anchor is not None and len(anchor) == 1:
+        found["anchor"] = int(anchor[0])
     tmpl = yield from _http(
         "post", f"{root}/apply-template", {"messages": [{"role": "user", "content": "Hi"}]}
     )
@@ -442,6 +446,7 @@ def _probe_completions(model: str, fam: ServerFamily, tools: dict[str, Any]) -> 
         tokenize=bool(tools.get("tokenize")) if tools else fam.tokenize,
         apply_template=bool(tools.get("apply_template")) if tools else fam.apply_template,
         neutral_sampling=fam.neutral_exact,
+        anchor_token_id=tools.get("anchor") if fam.anchor_candidates else None,
     )
 
 

@@ -222,6 +222,11 @@ class ProviderProfile:
         apply_template: the server has /apply-template (chat messages -> prompt text).
         neutral_sampling: every server-side sampler can be switched off, so drafts follow the
             reported logprobs (False for Ollama's /v1, which ignores its sampler options).
+        anchor_token_id: a token with complete text that candidates calls force with
+            logit_bias (llama-server: its id for "."). llama-server reports no position whose
+            sampled token is a byte fragment (nor any logprobs when max_tokens=1 sampled one);
+            forcing a whole token makes it report the position, and its logprobs still come
+            from the raw logits, before the bias (checked against the unbiased call).
     """
 
     name: str
@@ -243,6 +248,7 @@ class ProviderProfile:
     tokenize: bool = False
     apply_template: bool = False
     neutral_sampling: bool = True
+    anchor_token_id: int | None = None
 
     def __post_init__(self) -> None:
         # JSON round trips give lists; keep the profile hashable and comparable.

@@ -369,6 +369,10 @@ def draft_from_response(
     if logprobs is None:
         if usage.completion_tokens == 0 and finish == "stop":
             return Draft([], finish, usage)  # stopped at once; nothing to report
+        if not _choice_text(choice).strip("\ufffd"):
+            # llama-server: every token it generated was part of one unfinished character, and
+            # it reports no entry for those (see vas_api.logprobs); nothing usable, not an error.
+            return Draft([], "length", usage)
         raise NoLogprobsError(
             "the provider's answer carried no logprobs although they were asked for, so this "
             "token or draft cannot be sampled. An endpoint that returned them before may be "
@@ -381,6 +385,12 @@ def draft_from_response(
         logprobs, k=k, text=_choice_text(choice), finish_reason=finish,
         special_tokens=special_tokens, eos_token_ids=eos_token_ids,
     )
+    # llama-server's merged entries (a whole character over unreported tokens, see
+    # vas_api.logprobs) parse as positions with nothing known: the draft ends before the first.
+    for i, pos in enumerate(positions):
+        if not pos.candidates and pos.sampled is None:
+            positions, finish = positions[:i], "length"
+            break
     # llama-cpp-python keeps generating past max_tokens until a multi-byte character is whole;
     # the extra positions are cut so a draft never holds more than m.
     if len(positions) > m:
@@ -416,11 +426,18 @@ def candidates_flow(
     among the candidates with its real logprob (verified against the server). Elsewhere, or for
     another end-of-generation token, the call is asked again with a new seed; when every try
     ends at once the only honest answer is a Position holding just the end-of-sequence token.
+    Where the profile has an ``anchor_token_id`` (llama-server) the call forces that whole
+    token with logit_bias, so the server reports the position even where the model would have
+    sampled a byte fragment or end-of-sequence; the candidates are the raw distribution and the
+    returned Position has no sampled token.
     """
     specials = list(special_tokens)
     extra: dict[str, Any] = dict(extra_body or {})
     if profile.min_tokens_for_eos:
         extra["min_tokens"] = 1
+    anchored = profile.anchor_token_id is not None
+    if anchored:  # the forced token is not a sample: the position reports no sampled token
+        extra["logit_bias"] = {**extra.get("logit_bias", {}), str(profile.anchor_token_id): 100.0}
 
     def parse(r: Any) -> Draft:
         return draft_from_response(
@@ -444,7 +461,10 @@ def candidates_flow(
                 draft = yield from _logprob_reply(call, parse, first=response)
         usage = usage + draft.usage
         if draft.positions:
-            return Draft(draft.positions[:1], draft.finish_reason, usage)
+            first = draft.positions[0]
+            if anchored:
+                first = Position(first.candidates, None)
+            return Draft([first], draft.finish_reason, usage)
         if draft.finish_reason == "stop":
             eos_tries += 1
             continue
