@@ -44,7 +44,8 @@ def batch(
 
     prices = dict(parse_price(p) for p in price or [])
     values = value_functions(value or [])
-    betas = list(beta or [1.0])
+    # No --value: the base model (beta 0); with value models, beta 1 unless given.
+    betas = list(beta or ([1.0] if values else [0.0]))
     with ExitStack() as stack:
         client, local_model, options = open_client(stack, base_url, api_key_env, is_async=True)
         if chat_template:

@@ -140,7 +140,7 @@ def generate(
     if (prompt is None) == (chat is None):
         raise ConfigError("give exactly one of --prompt, --message or --messages.")
     values = value_functions(value or [])
-    betas = list(beta or [1.0])
+    betas = list(beta or ([1.0] if values else [0.0]))  # no --value: the base model
     console = Console()
     with ExitStack() as stack:
         client, local_model, options = open_client(stack, base_url, api_key_env, chat_template=chat_template)
