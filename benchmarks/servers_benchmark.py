@@ -61,6 +61,13 @@ def llama_server_binary() -> str | None:
     return None
 
 
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class _BareLlamaServer:
     """A minimal llama-server launcher for checkouts without `vas_api.local.LlamaServer` (the
     `servers` work's launcher, used when present): free port, readiness wait, hand-made profile
@@ -88,7 +95,8 @@ class _BareLlamaServer:
         self.log = open(f"/tmp/llama-server-bench-{port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [self.binary, "-m", str(self.gguf_path), "--host", "127.0.0.1", "--port", str(port), "-t", "1",
-             "--alias", self.model, "-c", "2048"], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+             "--alias", self.model, "-c", "2048"], stdout=self.log, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=_die_with_parent)
         self.base_url = f"http://127.0.0.1:{port}/v1"
         for _ in range(600):
             try:

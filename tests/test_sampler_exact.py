@@ -385,3 +385,42 @@ def test_beta_zero_scores_nothing():
     draw_one = TokenSampler(SamplerSettings(betas=(0.0,), k=K, max_tokens=3, seed=0), Prefix(PROMPT), PROMPT)
     run(draw_one, provider(False), [vf])
     assert vf.calls == 0
+
+
+class HidesFragments(FakeProvider):
+    """Like llama.cpp's server: a drafted token that ends mid-character gets no position, and the
+    next position's sampled entry carries the hidden bytes in front of its own (its id and
+    candidates are its own token's)."""
+
+    def draft(self, prefix, *, m, k, restrict_top_k=False):
+        d = super().draft(prefix, m=m, k=k, restrict_top_k=restrict_top_k)
+        out, hidden = [], b""
+        for pos in d.positions:
+            tok = pos.sampled
+            if tok is not None and not tok.special and complete_text(hidden + tok.raw) != (hidden + tok.raw).decode("utf-8", "replace"):
+                hidden += tok.raw  # ends mid-character: not reported
+                continue
+            if hidden and tok is not None:
+                pos = replace(pos, sampled=replace(tok, raw=hidden + tok.raw))
+                hidden = b""
+            out.append(pos)
+        return Draft(out, d.finish_reason, d.usage, d.excluded)
+
+
+@pytest.mark.slow
+def test_hidden_fragment_positions_are_exact():
+    """llama-server's hidden positions (HidesFragments) with the provider's remedy: top-k drafts
+    may not sample the tokens that end mid-character (b"\xc3", id 5), q is the top k minus
+    those, and fragments still come from the residual. Exactly the id-continuation target
+    (power: the guards above, same model and draws)."""
+    fake = HidesFragments(next_token, profile=IDS_PROFILE, seed=11, vocab=VOCAB, draft_exclude=frozenset({5}))
+    counts = draw("speculative", [V1], [2.0], restrict=True, fake=fake)
+    p = chi_square_p(counts, analytic([V1], [2.0]))
+    assert p > 0.001, f"hidden fragment positions: p = {p:.2e}"
+
+
+def test_guard_hidden_positions_without_the_remedy_are_biased():
+    """Without the exclusion, a draft cut where a hidden token was drafted depends on that
+    token itself, which biases the output: rejected at p < 1e-6."""
+    fake = HidesFragments(next_token, profile=IDS_PROFILE, seed=11, vocab=VOCAB)
+    assert chi_square_p(draw("speculative", [V1], [2.0], restrict=True, fake=fake), analytic([V1], [2.0])) < 1e-6

@@ -133,11 +133,14 @@ class Draft:
 
     A candidates call is a draft of length 1. When the server stopped at an end-of-sequence
     token it may or may not report that position; `finish_reason == "stop"` says it stopped.
+    `excluded` holds token ids the draft was not allowed to sample (a logit_bias that left the
+    reported logprobs as they were): a top-k draft then samples from the top k minus these.
     """
 
     positions: list[Position]
     finish_reason: str | None
     usage: Usage
+    excluded: frozenset[int] = frozenset()
 
     @property
     def raw(self) -> bytes:

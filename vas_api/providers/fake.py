@@ -69,6 +69,8 @@ class FakeProvider:
         seed: seeds the fake server's own sampling (drafts and plain samples).
         vocab: token strings/bytes, id = index (EOS gets id len(vocab)); see the module
             docstring. None: tokens are the model's own keys and carry no ids.
+        draft_exclude: ids a top-k draft may not sample (as the llama.cpp provider's
+            logit_bias against tokens that end mid-character); the Draft says so.
     """
 
     next_token: NextTokenModel
@@ -82,6 +84,7 @@ class FakeProvider:
     model: str = "fake-model"
     history: list[dict[str, Any]] = field(default_factory=list)
     vocab: Sequence[Token] | None = None
+    draft_exclude: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -119,14 +122,20 @@ class FakeProvider:
         for _ in range(m):
             dist = self._dist(context)
             top = self._top_k(context, k)
-            pool = {t: dist[t] for t in dist if self._candidate(t, 0.5).raw in {c.raw for c in top}} if restrict_top_k else dist
+            if restrict_top_k:
+                raws = {c.raw for c in top}
+                pool = {t: dist[t] for t in dist if self._candidate(t, 0.5).raw in raws
+                        and self._candidate(t, 0.5).id not in self.draft_exclude}
+            else:
+                pool = dist
             token = self._draw(pool)
             positions.append(Position(top, self._candidate(token, dist[token])))
             if token == EOS:
                 finish = "stop"
                 break
             context = self._extend(context, token)
-        return Draft(positions, finish, self._usage(self._text(prefix), len(positions)))
+        excluded = frozenset(self.draft_exclude) if restrict_top_k else frozenset()
+        return Draft(positions, finish, self._usage(self._text(prefix), len(positions)), excluded)
 
     def sample(
         self,

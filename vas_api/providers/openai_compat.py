@@ -163,18 +163,24 @@ class _Core:
             ids = self._prompt_ids.get(self.prompt_text(prefix.prompt))
         return wire.prefix_target(self.profile, prefix, self.prompt_text, prompt_ids=ids)
 
+    def mid_character_ids(self) -> frozenset[int]:
+        """On llama.cpp's server: ids of the tokens that end mid-character (it reports no
+        position for a sampled one), from the GGUF; empty elsewhere or without the GGUF."""
+        if self.profile.extra.get("family") != "llama.cpp" or self._gguf is None:
+            return frozenset()
+        from .llama_vocab import incomplete_token_ids
+
+        return incomplete_token_ids(self._gguf)
+
     def candidates_extra(self) -> dict[str, Any]:
         """Extra body of candidates calls: on llama.cpp's server, a logit_bias against the tokens
         that end mid-character (it reports no position for a sampled one; the bias steers only
         its sampler, see `vas_api.providers.llama_vocab`), when the GGUF is known."""
         if self._candidates_extra is None:
             self._candidates_extra = {}
-            if self.profile.family == "llama.cpp" and self._gguf is not None:
-                from .llama_vocab import incomplete_token_ids
-
-                ids = incomplete_token_ids(self._gguf)
-                if ids:
-                    self._candidates_extra = {"logit_bias": {str(i): -100 for i in sorted(ids)}}
+            ids = self.mid_character_ids()
+            if ids:
+                self._candidates_extra = {"logit_bias": {str(i): -100 for i in sorted(ids)}}
         return self._candidates_extra
 
     def candidates(self, prefix: Prefix, k: int) -> wire.Flow:
@@ -189,6 +195,7 @@ class _Core:
         return self.call_options.flow(wire.draft_flow(
             self.profile, self.model, self.target(prefix), m=m, k=k,
             restrict_top_k=restrict_top_k, special_tokens=self.special_tokens,
+            exclude=self.mid_character_ids() if restrict_top_k else (),
         ))
 
     def sample(

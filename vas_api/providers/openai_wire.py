@@ -493,9 +493,11 @@ def draft_flow(
     k: int,
     restrict_top_k: bool,
     special_tokens: Iterable[str],
+    exclude: Iterable[int] = (),
 ) -> Flow:
     """One call drafting m tokens at temperature 1 with every sampler neutral (top_k=k when
-    `restrict_top_k`), parsed into up to m Positions."""
+    `restrict_top_k`), parsed into up to m Positions. `exclude`: token ids the draft may not
+    sample (sent as a logit_bias, only with restrict_top_k; the Draft says which)."""
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ConfigError(f"m must be a positive integer, got {m!r}.")
     if restrict_top_k and not profile.top_k_param:
@@ -503,17 +505,20 @@ def draft_flow(
             f"{profile.name} takes no top_k sampling parameter, so drafts cannot be restricted "
             "to the top k; call draft(..., restrict_top_k=False)."
         )
+    excluded = frozenset(int(i) for i in exclude) if restrict_top_k else frozenset()
+    extra = {"logit_bias": {str(i): -100 for i in sorted(excluded)}} if excluded else None
     call = _call(
-        profile, model, target, max_tokens=m, logprobs_k=k, top_k=k if restrict_top_k else None
+        profile, model, target, max_tokens=m, logprobs_k=k, top_k=k if restrict_top_k else None,
+        extra=extra,
     )
     specials = list(special_tokens)
-    return (
-        yield from _logprob_reply(
-            call, lambda r: draft_from_response(
-                r, k=k, m=m, special_tokens=specials, eos_token_ids=profile.eos_token_ids
-            ),
-        )
+    draft = yield from _logprob_reply(
+        call, lambda r: draft_from_response(
+            r, k=k, m=m, special_tokens=specials, eos_token_ids=profile.eos_token_ids
+        ),
     )
+    draft.excluded = excluded
+    return draft
 
 
 def _logprob_reply(

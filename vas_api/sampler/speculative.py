@@ -99,20 +99,24 @@ class DraftLengthPolicy:
 
 
 def _unknown(position: Position) -> bool:
-    """A drafted position that may not describe its own token: no candidates, or the sampled
-    token has an id and no candidate with that id and the same bytes. llama.cpp's server reports
-    no entry for a token that ends mid-character and puts the whole character on the next
-    token's entry (whose candidates then belong to a context the draft does not show), see
-    `vas_api.logprobs`. Everything from such a position on is dropped, untested: cutting a
-    draft short never changes the output distribution (a sampled id outside the candidates
-    would be rejected anyway; it now costs a new call instead of a resample here)."""
+    """A drafted position that does not describe its own token: no candidates (how the
+    llama-server parser marks it), or the candidate with the sampled id has other bytes than the
+    sampled entry. llama.cpp's server reports no entry for a token that ends mid-character and
+    puts the whole character on the next token's entry, whose candidates belong to a context the
+    draft does not show (see `vas_api.logprobs`). The draft ends before it, untested.
+
+    Exactness: cutting a draft at a position because of the token drafted *there* biases the
+    output (that token is never tested), so this must not happen in normal operation: top-k
+    drafts on llama.cpp's server may not sample the tokens that end mid-character (the
+    provider's logit_bias, `Draft.excluded`, and `_q` renormalises over the rest), and such
+    positions then do not occur. This check only keeps a stray one from corrupting the text."""
     if not position.candidates:
         return True
     tok = position.sampled
     if tok is None or tok.id is None:
         return False
     own = next((c for c in position.candidates if c.id == tok.id), None)
-    return own is None or own.raw != tok.raw
+    return own is not None and own.raw != tok.raw
 
 
 class SpeculativeSampler(_SamplerBase):
@@ -154,6 +158,8 @@ class SpeculativeSampler(_SamplerBase):
         # position's drafted token is known (EOS), so it still goes through the accept test,
         # on the candidates of one candidates call (None: none pending; False: call not made).
         self._eos_test: Options | bool | None = None
+        self._eos_position: Position | None = None
+        self._eos_excluded: frozenset[int] = frozenset()
 
     @property
     def wasted(self) -> int:
@@ -194,6 +200,7 @@ class SpeculativeSampler(_SamplerBase):
     # -- internals ------------------------------------------------------------------------
     def _take_draft(self, draft: Draft) -> None:
         self._add_usage(draft)
+        self._eos_excluded = draft.excluded
         self._prompt_tokens = max(1, draft.usage.prompt_tokens - self.state.tokens)
         # llama-cpp-python's stock server stops at a sampled end-of-sequence without reporting
         # its position: fewer than m positions, finish "stop", the last one not EOS.
@@ -255,7 +262,8 @@ class SpeculativeSampler(_SamplerBase):
                 self._eos_test = None
                 self.state.finish_reason = answer.finish_reason or "stop"  # type: ignore[union-attr]
                 return
-            opts = self._options_at(answer.positions[0])  # type: ignore[union-attr]
+            self._eos_position = answer.positions[0]  # type: ignore[union-attr]
+            opts = self._options_at(self._eos_position)
             if not len(opts):
                 self._eos_test = None
                 self._fall_back(base_character=True)
@@ -268,7 +276,7 @@ class SpeculativeSampler(_SamplerBase):
             self._expect(answer, list)
         opts, self._eos_test = self._eos_test, None
         probs, shift = self._target(opts, [per_model[0] for per_model in answer])  # type: ignore[union-attr, arg-type]
-        q = self._q(opts)  # type: ignore[arg-type]
+        q = self._q(opts, self._eos_position, self._eos_excluded)  # type: ignore[arg-type]
         x = next((i for i, c in enumerate(opts.candidates) if c.special), None)  # type: ignore[union-attr]
         self.tested += 1
         if x is not None and self.rng.random() * q[x] < probs[x]:
@@ -293,10 +301,18 @@ class SpeculativeSampler(_SamplerBase):
         if self.done or self.state.tokens > tokens:
             self._fallback = None  # its one token is committed (the state is shared)
 
-    def _q(self, opts: Options) -> np.ndarray:
-        """The draft distribution over the options."""
-        lq = opts.logprobs - opts.log_total if self.restrict_top_k else opts.logprobs
-        return np.exp(lq)
+    def _q(self, opts: Options, position: Position, excluded: frozenset[int]) -> np.ndarray:
+        """The draft distribution over the options: the base's, or with top-k drafts the base
+        renormalised over the reported candidates minus the ids the draft could not sample."""
+        if not self.restrict_top_k:
+            return np.exp(opts.logprobs)
+        if not excluded:
+            return np.exp(opts.logprobs - opts.log_total)
+        allowed = [c.logprob for c in position.candidates if c.id not in excluded]
+        log_total = float(np.logaddexp.reduce(np.array(allowed))) if allowed else 0.0
+        q = np.exp(opts.logprobs - log_total)
+        q[[c.id in excluded for c in opts.candidates]] = 0.0
+        return q
 
     def _verify(self, scores: Scores) -> None:
         draft, options = self._draft, self._options
@@ -305,7 +321,7 @@ class SpeculativeSampler(_SamplerBase):
         for j, opts in enumerate(options):
             pos = draft.positions[j]  # type: ignore[union-attr]
             probs, shift = self._target(opts, [per_model[j] for per_model in scores])
-            q = self._q(opts)
+            q = self._q(opts, pos, draft.excluded)  # type: ignore[union-attr]
             x = opts.index(pos.sampled)  # None: not a usable candidate, so p(x) = 0
             tested += 1
             if x is not None and self.rng.random() * q[x] < probs[x]:  # u < p(x) / q(x)
