@@ -33,10 +33,12 @@ from .sampler import (
     Timings,
     TokenSampler,
     arun,
-    resolve_mode,
+    choose_mode,
     run,
 )
+from .sampler.block import sequence_sampler, value_prompt_text
 from .sampler.core import _SamplerBase
+from .sampler.settings import DEFAULT_K, SEQUENCE_KEYS
 from .types import Prefix, Prompt, ValueFunction
 
 __all__ = ["wrap", "VASClient", "AsyncVASClient", "NOT_GIVEN"]
@@ -54,7 +56,8 @@ NOT_GIVEN: Any = _NotGiven()
 """Sentinel for "use the client's default" (None can be a meaningful value)."""
 
 ValueSpec = ValueFunction | str | Path
-_REQUEST_KEYS = ("value_model", "beta", "k", "mode", "seed", "draft_min", "draft_max", "restrict_top_k")
+_REQUEST_KEYS = ("value_model", "beta", "k", "mode", "seed", "draft_min", "draft_max", "restrict_top_k",
+                 *SEQUENCE_KEYS)
 # SDK arguments VAS cannot honour; refused at once rather than silently ignored.
 _UNSUPPORTED = ("stream", "logprobs", "top_logprobs", "echo", "best_of", "logit_bias", "tools", "functions",
                 "response_format", "presence_penalty", "frequency_penalty")
@@ -93,7 +96,8 @@ class _Base:
         if unknown:
             raise ConfigError(f"unknown VAS option(s) {sorted(unknown)}; known: {', '.join(_REQUEST_KEYS)}.")
         self.client = client
-        self.defaults = {"beta": 1.0, "k": 20, "mode": "auto", "seed": None, **defaults}
+        # k None: the endpoint's default (20, or its cap when smaller; sampler.settings.default_k)
+        self.defaults = {"beta": 1.0, "k": None, "mode": "auto", "seed": None, **defaults}
         self._provider_options = {"chat_template": chat_template, "profile": profile}
         self._providers: dict[str, Any] = {}
         self._loaded: dict[str, ValueFunction] = {}
@@ -142,6 +146,7 @@ class _Base:
     # -- one request ----------------------------------------------------------------------
     def _plan(self, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]):
         """Validate everything up front and build one sampler per choice."""
+        vas = {**vas, **{k: sdk.pop(k) for k in SEQUENCE_KEYS if k in sdk}}  # block/rerank options
         bad = [k for k in _UNSUPPORTED if sdk.get(k) not in (None, False, NOT_GIVEN)]
         if bad:
             raise ConfigError(f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not supported by VAS requests; drop them.")
@@ -158,24 +163,23 @@ class _Base:
         stop = sdk.get("stop")
         settings = SamplerSettings(
             betas=betas,
-            k=opts["k"],
+            k=DEFAULT_K if opts["k"] is None else opts["k"],
             temperature=1.0 if sdk.get("temperature") is None else sdk["temperature"],
             top_p=1.0 if sdk.get("top_p") is None else sdk["top_p"],
             max_tokens=sdk.get("max_tokens") or sdk.get("max_completion_tokens") or 16,
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
             seed=sdk.get("seed") if sdk.get("seed") is not None else opts["seed"],
-            **{k: opts[k] for k in ("draft_min", "draft_max") if k in opts},
+            **{k: opts[k] for k in ("draft_min", "draft_max", *SEQUENCE_KEYS) if k in opts},
         )
         provider = self.provider(model)
-        mode = resolve_mode(opts["mode"], provider.profile, settings.k)
-        if not isinstance(prompt, str) and provider.profile.continuation == "none":
-            raise CapabilityError(f"{provider.profile.name} cannot continue a partial chat response.")
+        choice = choose_mode(opts["mode"], provider.profile, opts["k"])
+        mode, settings = choice.mode, _replace(settings, k=choice.k)
         restrict = opts.get("restrict_top_k")
         if restrict is None:
             restrict = provider.profile.top_k_param
         elif restrict and not provider.profile.top_k_param:
             raise CapabilityError(f"{provider.profile.name} takes no top_k parameter; set restrict_top_k=False.")
-        prompt_text = provider.prompt_text(prompt)
+        prompt_text = value_prompt_text(provider, prompt, mode)
         n = sdk.get("n") or 1
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"n = {n!r}: use a positive integer.")
@@ -184,6 +188,8 @@ class _Base:
             s = settings if settings.seed is None or i == 0 else _reseed(settings, settings.seed + i)
             if mode == "token":
                 samplers.append(TokenSampler(s, Prefix(prompt), prompt_text))
+            elif mode in ("block", "rerank"):
+                samplers.append(sequence_sampler(mode, s, Prefix(prompt), prompt_text))
             else:
                 # The acceptance rate depends on all of these; the bounds must follow the request.
                 key = (model, betas, restrict, settings.temperature, settings.top_p, s.draft_min, s.draft_max)
@@ -192,7 +198,7 @@ class _Base:
                     price_prompt=provider.profile.price_prompt, price_completion=provider.profile.price_completion,
                 ))
                 samplers.append(SpeculativeSampler(s, Prefix(prompt), prompt_text, restrict_top_k=restrict, policy=policy))
-        report = VASReport(mode=mode, model=model, k=settings.k, betas=betas)
+        report = VASReport(mode=mode, model=model, k=settings.k, betas=betas, mode_reason=choice.reason)
         return provider, value_fns, samplers, report
 
     @staticmethod
@@ -205,6 +211,8 @@ class _Base:
                 report.tested += s.tested
                 report.accepted += s.accepted
                 report.resampled += s.resampled
+            if hasattr(s, "pool_size"):  # block / rerank
+                report.add_pool(s)
         report.api_calls = timings.api_calls
         report.cost_usd = provider.profile.cost(report.usage)
         report.time_api_s, report.time_value_s, report.time_total_s = timings.api_s, timings.value_s, timings.total_s
@@ -266,8 +274,13 @@ class _Completions:
             model, prompt, max_tokens, temperature, top_p, stop, n, seed: as in the SDK.
             value_model: a checkpoint directory, a value function, or a list of them.
             beta: one number, or one per value model (0 = the base model).
-            k: candidates per position. mode: "auto", "speculative" or "token".
+            k: candidates per position (default: 20, or the endpoint's cap when smaller).
+            mode: "auto" (the best the endpoint allows: speculative > block > rerank),
+                "speculative", "token", "block" or "rerank"; `.vas.mode_reason` says why.
             draft_min, draft_max, restrict_top_k: speculative-mode controls.
+            block_len, block_n: block mode's tokens per block (L) and blocks per step (n).
+            rerank_n, rerank: rerank mode's pool size (N) and "sample" / "argmax"; with the
+                SDK's n, every choice is drawn from its own pool of N.
 
         Returns:
             openai.types.Completion with a `.vas` VASReport (a coroutine on AsyncVASClient).
@@ -306,8 +319,9 @@ class _ChatCompletions:
         """Like `openai.OpenAI().chat.completions.create`, steered by the value model(s).
 
         Same VAS options as `completions.create`. Returns openai.types.chat.ChatCompletion
-        with a `.vas` VASReport. Raises CapabilityError at once for an endpoint that cannot
-        continue a partial response (OpenAI's hosted chat models).
+        with a `.vas` VASReport. On an endpoint that cannot continue a partial response
+        (OpenAI's hosted chat models) mode="auto" runs rerank mode; an explicit token-level mode
+        raises CapabilityError at once, naming the modes that work.
         """
         msgs = list(messages or [])
         if not msgs or any(not isinstance(m, dict) or "role" not in m for m in msgs):
@@ -335,9 +349,13 @@ def _betas(beta: Any, n_models: int) -> tuple[float, ...]:
 
 
 def _reseed(settings: SamplerSettings, seed: int) -> SamplerSettings:
+    return _replace(settings, seed=seed)
+
+
+def _replace(settings: SamplerSettings, **changes: Any) -> SamplerSettings:
     from dataclasses import replace
 
-    return replace(settings, seed=seed)
+    return replace(settings, **changes)
 
 
 def _response(kind: str, model: str, samplers: list[_SamplerBase], report: VASReport):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
 from .sampler.core import Step
 from .types import Usage
@@ -19,7 +21,8 @@ class VASReport:
     """What one VAS request cost and did.
 
     Attributes:
-        mode: "speculative" or "token".
+        mode: "speculative", "token", "block" or "rerank".
+        mode_reason: why that mode ran (what the endpoint allows, or that it was asked for).
         model: the base model.
         k: candidates per position.
         betas: one per value model.
@@ -33,6 +36,16 @@ class VASReport:
             tested: they are the wasted ones.
         time_api_s, time_value_s, time_total_s: wall time waiting for the API, in the value
             models, and in all.
+        pool_size: block / rerank: candidates drawn per choice (N for rerank, n per step for
+            block); None in token-level modes.
+        block_len: block mode's tokens per block (L).
+        ess: block / rerank: effective sample size (sum w)^2 / sum w^2 of the weights, one per
+            choice (block mode: the mean over its steps). N means the value model did not
+            discriminate; 1 means one candidate took all the weight.
+        blocks: block mode: blocks committed over all choices.
+
+    In block and rerank modes a trace entry is a whole block or response (base logprob NaN),
+    and `tokens` counts the billed completion tokens of every sampled candidate.
     """
 
     mode: str
@@ -50,11 +63,27 @@ class VASReport:
     time_api_s: float = 0.0
     time_value_s: float = 0.0
     time_total_s: float = 0.0
+    mode_reason: str = ""
+    pool_size: int | None = None
+    block_len: int | None = None
+    ess: list[float] = field(default_factory=list)
+    blocks: int = 0
 
     @property
     def tokens(self) -> int:
-        """Generated tokens over all choices."""
+        """Generated tokens over all choices (block / rerank: billed completion tokens)."""
+        if self.mode in ("block", "rerank"):
+            return self.usage.completion_tokens
         return sum(len(t) for t in self.traces)
+
+    def add_pool(self, sampler: Any) -> None:
+        """Record a block or rerank sampler's pool size and effective sample size."""
+        self.pool_size = sampler.pool_size
+        ess = sampler.ess
+        self.ess.append(float(statistics.fmean(ess)) if isinstance(ess, list) else float(ess))
+        if getattr(sampler, "blocks", 0):
+            self.blocks += sampler.blocks
+            self.block_len = sampler.settings.block_len
 
     @property
     def wasted(self) -> int:
@@ -81,6 +110,10 @@ class VASReport:
         ]
         if self.cost_usd:
             parts.append(f"${self.cost_usd:.5f}")
+        if self.pool_size:
+            ess = ", ".join(f"{e:.1f}" for e in self.ess)
+            size = f"n={self.pool_size} blocks of L={self.block_len}, {self.blocks} kept" if self.blocks else f"N={self.pool_size}"
+            parts.append(f"{size}, ESS {ess}")
         if self.drafted:
             parts.append(
                 f"drafted {self.drafted}, accepted {self.accepted} of {self.tested} tested "

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..types import AsyncProvider, Draft, Provider, ValueFunction
+from ..types import AsyncProvider, Draft, Provider, Samples, Usage, ValueFunction
 from .core import Call, CandidatesCall, DraftCall, ScoreCall, Scores, _SamplerBase
+from .rerank import SampleCall
 
 __all__ = ["Timings", "score", "run", "arun"]
 
@@ -70,18 +71,40 @@ def _as_array(v: object) -> np.ndarray:
     return np.asarray(v, dtype=np.float64).reshape(-1)
 
 
-def _api(call: Call, provider: Provider) -> Draft:
+def _api(call: Call | SampleCall, provider: Provider) -> Draft | Samples:
+    if isinstance(call, SampleCall):
+        return provider.sample(call.prefix, n=call.n, max_tokens=call.max_tokens,
+                               temperature=call.temperature, stop=call.stop or None, seed=call.seed)
     if isinstance(call, CandidatesCall):
         return provider.candidates(call.prefix, k=call.k)
     assert isinstance(call, DraftCall)  # noqa: S101 - the sampler only makes these
     return provider.draft(call.prefix, m=call.m, k=call.k, restrict_top_k=call.restrict_top_k)
 
 
-async def _aapi(call: Call, provider: AsyncProvider) -> Draft:
+async def _aapi(call: Call | SampleCall, provider: AsyncProvider) -> Draft | Samples:
+    if isinstance(call, SampleCall):
+        return await _asample(call, provider)
     if isinstance(call, CandidatesCall):
         return await provider.candidates(call.prefix, k=call.k)
     assert isinstance(call, DraftCall)  # noqa: S101
     return await provider.draft(call.prefix, m=call.m, k=call.k, restrict_top_k=call.restrict_top_k)
+
+
+async def _asample(call: SampleCall, provider: AsyncProvider) -> Samples:
+    """One call with n= where the endpoint takes it; otherwise n concurrent one-sample calls."""
+    kw = dict(max_tokens=call.max_tokens, temperature=call.temperature, stop=call.stop or None)
+    if provider.profile.n_param or call.n == 1:
+        return await provider.sample(call.prefix, n=call.n, seed=call.seed, **kw)
+    parts = await asyncio.gather(*(
+        provider.sample(call.prefix, n=1, seed=None if call.seed is None else call.seed + i, **kw)
+        for i in range(call.n)
+    ))
+    return Samples([c for p in parts for c in p.completions], sum((p.usage for p in parts), Usage()))
+
+
+def _calls(answer: Draft | Samples) -> int:
+    """API calls behind one answer (a SampleCall may take n; Usage.calls counts them)."""
+    return max(1, answer.usage.calls) if isinstance(answer, Samples) else 1
 
 
 def run(
@@ -96,13 +119,13 @@ def run(
     while (call := sampler.next_request()) is not None:
         t0 = time.perf_counter()
         if isinstance(call, ScoreCall):
-            answer: Draft | Scores = score(call, value_fns, sampler.settings.betas)
+            answer: Draft | Samples | Scores = score(call, value_fns, sampler.settings.betas)
             t.value_s += time.perf_counter() - t0
             t.value_calls += 1
         else:
             answer = _api(call, provider)
             t.api_s += time.perf_counter() - t0
-            t.api_calls += 1
+            t.api_calls += _calls(answer)
         sampler.feed(answer)
     t.total_s += time.perf_counter() - start
     return t
@@ -120,13 +143,13 @@ async def arun(
     while (call := sampler.next_request()) is not None:
         t0 = time.perf_counter()
         if isinstance(call, ScoreCall):
-            answer: Draft | Scores = await asyncio.to_thread(score, call, value_fns, sampler.settings.betas)
+            answer: Draft | Samples | Scores = await asyncio.to_thread(score, call, value_fns, sampler.settings.betas)
             t.value_s += time.perf_counter() - t0
             t.value_calls += 1
         else:
             answer = await _aapi(call, provider)
             t.api_s += time.perf_counter() - t0
-            t.api_calls += 1
+            t.api_calls += _calls(answer)
         sampler.feed(answer)
     t.total_s += time.perf_counter() - start
     return t
