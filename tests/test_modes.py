@@ -261,3 +261,43 @@ def test_gpt_35_instruct_runs_speculative_with_k_5_by_default(respx_mock):
     assert set(resp.choices[0].text.split()) <= {w.strip() for w in list(TOPS)[:5]}
     with pytest.raises(CapabilityError, match="at most 5"):
         client.completions.create(model="gpt-3.5-turbo-instruct", prompt="The hotel was", k=20)
+
+
+# -- Mistral: block mode through prefix continuation ---------------------------------------------
+
+MISTRAL = "https://api.mistral.ai/v1"
+BLOCKS = [" The lobby", " was great", " and calm."]
+
+
+def mistral_reply(request: httpx.Request) -> httpx.Response:
+    """A Mistral chat reply (OpenAI-shaped): the next block after the assistant prefix, if any."""
+    body = json.loads(request.content)
+    last = body["messages"][-1]
+    done = last["content"] if last["role"] == "assistant" else ""
+    i = sum(done.count(b) for b in BLOCKS)
+    text, finish = (BLOCKS[i], "length") if i < len(BLOCKS) - 1 else (BLOCKS[-1], "stop")
+    return httpx.Response(200, json={
+        "id": "cmpl-e5cc70bb28c444948073e77776eb30ef", "object": "chat.completion", "created": 1702256327,
+        "model": "mistral-small-latest",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "tool_calls": None},
+                     "finish_reason": finish}],
+        "usage": {"prompt_tokens": 16 + 3 * i, "completion_tokens": 3, "total_tokens": 19 + 3 * i},
+    })
+
+
+@respx.mock(base_url=MISTRAL)
+def test_mistral_runs_block_mode_with_assistant_prefix(respx_mock):
+    route = respx_mock.post("/chat/completions").mock(side_effect=mistral_reply)
+    client = vas_api.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY, base_url=MISTRAL, max_retries=0, http_client=httpx.Client()),
+                          value_model=LikesGreat(), beta=1.0)
+    resp = client.chat.completions.create(model="mistral-small-latest", messages=MESSAGES, max_tokens=30,
+                                          block_len=3, block_n=2)
+    report = resp.vas
+    assert report.mode == "block" and "no logprobs" in report.mode_reason
+    assert resp.choices[0].message.content == "".join(BLOCKS) and resp.choices[0].finish_reason == "stop"
+    sent = [json.loads(c.request.content) for c in route.calls]
+    assert len(sent) == 6 and report.api_calls == 6  # 3 steps x 2 blocks, one call each (no n=)
+    assert all("n" not in s and "logprobs" not in s and s["max_tokens"] == 3 for s in sent)
+    assert sent[0]["messages"] == MESSAGES
+    assert sent[2]["messages"][-1] == {"role": "assistant", "content": BLOCKS[0], "prefix": True}
+    assert sent[4]["messages"][-1]["content"] == BLOCKS[0] + BLOCKS[1]

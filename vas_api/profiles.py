@@ -48,6 +48,7 @@ __all__ = [
     "OPENAI_COMPLETIONS",
     "VLLM",
     "LLAMA_CPP_PYTHON",
+    "MISTRAL",
     "static_profile",
     "probe_profile",
     "aprobe_profile",
@@ -109,6 +110,18 @@ LLAMA_CPP_PYTHON = ProviderProfile(
 """llama-cpp-python's server: no cap on k (it returned 48,776 entries for k = 49,152), n is
 silently ignored (one choice), top_k honoured, chat is rendered by the client."""
 
+MISTRAL = ProviderProfile(
+    name="Mistral chat",
+    max_top_k=None,
+    logprob_shape="none",
+    continuation="prefix",
+    top_k_param=False,
+    n_param=False,
+    extra={"sampler_dialect": "openai", "family": "mistral"},
+)
+"""api.mistral.ai: no logprobs; a final assistant message with prefix=true is continued (block
+mode). n is left off (one call per sample) until a probe shows it is honoured."""
+
 _OPENAI_LEGACY_MODELS = re.compile(r"(instruct|davinci|babbage|curie|ada)", re.IGNORECASE)
 _PROBE_K = 64
 
@@ -118,6 +131,8 @@ def static_profile(base_url: str, model: str) -> ProviderProfile | None:
     host = urlsplit(str(base_url)).hostname or ""
     if host == "api.openai.com" or host.endswith(".openai.azure.com"):
         return OPENAI_COMPLETIONS if _OPENAI_LEGACY_MODELS.search(model) else OPENAI_CHAT
+    if host == "api.mistral.ai":  # a chat probe cannot see prefix continuation
+        return MISTRAL
     return None
 
 
