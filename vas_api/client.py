@@ -177,7 +177,7 @@ class _Base:
         restrict = opts.get("restrict_top_k")
         if restrict is None:
             restrict = provider.profile.top_k_param
-        elif restrict and not provider.profile.top_k_param:
+        elif restrict and not provider.profile.top_k_param and mode == "speculative":
             raise CapabilityError(f"{provider.profile.name} takes no top_k parameter; set restrict_top_k=False.")
         prompt_text = value_prompt_text(provider, prompt, mode)
         n = sdk.get("n") or 1
