@@ -30,7 +30,7 @@ at what the endpoint returns (5 on OpenAI legacy completions)."""
 # Block and rerank defaults. block_len / block_n were chosen on the TRAINING prompts
 # (benchmarks/modes_tune.py -> benchmarks/results/modes_tune.json), never the held-out ones.
 DEFAULT_BLOCK_LEN = 8
-DEFAULT_BLOCK_N = 4
+DEFAULT_BLOCK_N = 8
 DEFAULT_RERANK_N = 8
 SEQUENCE_KEYS = ("block_len", "block_n", "rerank_n", "rerank")
 """Request options of block and rerank mode (SamplerSettings fields of the same names)."""
