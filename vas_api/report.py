@@ -103,7 +103,7 @@ class VASReport:
     def summary(self) -> str:
         """One line: mode, tokens, calls, billed tokens, cost, time split."""
         parts = [
-            f"{self.mode} k={self.k} betas={list(self.betas)}",
+            f"{self.mode}{'' if self.pool_size else f' k={self.k}'} betas={list(self.betas)}",
             f"{self.tokens} tokens",
             f"{self.api_calls} API calls ({self.calls_per_token:.2f}/token)",
             f"billed {self.usage.prompt_tokens}+{self.usage.completion_tokens} tokens",
