@@ -73,7 +73,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8, help="rerank's N and Best-of-N's N")
     ap.add_argument("--prompts", type=int, default=None, help="only the first N held-out prompts")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["speculative", "rerank", "block", "argmax"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["pools", "speculative", "rerank", "block", "argmax"],
+                    help="rows to leave out (pools: the base and Best-of-N rows; the gains are then not computed)")
     ap.add_argument("--n-batch", type=int, default=None, help="llama.cpp n_batch (1 works around a crash, see modes_common)")
     add_threads_option(ap)
     ap.add_argument("--out", default="modes_benchmark")
@@ -94,9 +95,11 @@ def main() -> None:
         opts = local_options(server)
         provider = connect(server.client(), server.model, **opts)
         prompts = [provider.prompt_text(p) for p in heldout_prompts(args.prompts)]
-        base, bon = pools(provider, prompts, reward, args.n, args.seed)
-        rows += [base, bon]
-        print(f"base {base['mean_reward']:.3f}, best-of-{args.n} {bon['mean_reward']:.3f}", file=sys.stderr)
+        base = bon = None
+        if "pools" not in args.skip:
+            base, bon = pools(provider, prompts, reward, args.n, args.seed)
+            rows += [base, bon]
+            print(f"base {base['mean_reward']:.3f}, best-of-{args.n} {bon['mean_reward']:.3f}", file=sys.stderr)
         vas = {"value_model": value, "beta": args.beta}
         settings = []
         if "speculative" not in args.skip:
@@ -121,7 +124,7 @@ def main() -> None:
     by: dict = {}
     for r in rows:  # "rerank N=8" comes before "rerank N=8 argmax"
         by.setdefault("argmax" if r["label"].endswith("argmax") else r["label"].split(" ")[0], r)
-    gain = lambda key: round(by[key]["mean_reward"] - base["mean_reward"], 4) if key in by else None  # noqa: E731
+    gain = lambda key: round(by[key]["mean_reward"] - base["mean_reward"], 4) if key in by and base else None  # noqa: E731
     path = write_result(args.out, {
         "command": " ".join(sys.argv),
         "machine_note": machine() + "; 2 cores shared with four other engineers; wall times are upper bounds",
@@ -133,7 +136,7 @@ def main() -> None:
         "block_reward_gain": gain("block"),
         "rerank_argmax_reward_gain": gain("argmax"),
         "speculative_reward_gain": gain("speculative"),
-        "best_of_n_reward_gain": round(bon["mean_reward"] - base["mean_reward"], 4),
+        "best_of_n_reward_gain": round(bon["mean_reward"] - base["mean_reward"], 4) if base else None,
         "rows": rows,
     })
     print(f"rerank_reward_gain {gain('rerank')}, block_reward_gain {gain('block')}; wrote {path}")
