@@ -2,15 +2,17 @@
 profiles that make it look like endpoints that allow less, and one block / rerank run.
 
 - rerank: the server profiled with continuation="none" (it cannot continue a partial
-  response). llama-cpp-python 0.3.36's /v1/chat/completions segfaults on this machine's build
-  (2026-12-01), so chat prompts are rendered by the client's template and sent to
-  /v1/completions; every rerank call is still one whole fresh response, as on hosted chat.
+  response); chat prompts are rendered by the client's template and sent to /v1/completions
+  (every rerank call is still one whole fresh response, as on hosted chat). This route was
+  chosen while the llama-cpp-python build installed here at 18:01 UTC on 2026-12-01 crashed
+  on every batched decode, chat included; tests/test_modes_local.py also runs rerank through
+  the chat endpoint.
 - block: the server profiled with logprob_shape="none" (no logprobs), continuing by
   /v1/completions.
 
-`--n-batch 1` works around a segfault of this machine's llama-cpp-python build in batched
-decoding (every n_batch > 1 crashed in llama_decode on 2026-12-01); it changes speed, not what
-is sampled.
+`--n-batch 1` worked around that crash (every n_batch > 1 segfaulted in llama_decode); the
+build was replaced at 18:20 UTC and the benchmark runs kept `--n-batch 1`. It changes speed,
+not what is sampled.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """Rerank and block mode end to end against the real local server (llama-cpp-python with
-SmolLM2-135M-Instruct): the server profiled as "no continuation" for rerank, and with its
-logprobs switched off for block, with the free prefix-reward value function (VADER).
-
-llama-cpp-python 0.3.36's /v1/chat/completions segfaults in llama_decode on this build (seen
-2026-12-01 with and without --chat_format chatml), so the rerank request sends the chat prompt
-rendered by the client's template to /v1/completions: every call is still one whole response.
+SmolLM2-135M-Instruct): its chat endpoint profiled as "no continuation" for rerank (and the same
+through /v1/completions with the client-rendered prompt, the route the modes benchmark takes), and
+its logprobs switched off for block, with the free prefix-reward value function (VADER).
 """
 
 from __future__ import annotations
@@ -34,6 +31,17 @@ def _client(local_server, openai_client, profile, value):
 
 
 def test_rerank_on_the_local_chat_endpoint(local_server, openai_client, vader_value):
+    profile = replace(local_server.profile, name="local chat (no continuation)", continuation="none")
+    client = _client(local_server, openai_client, profile, vader_value)
+    resp = client.chat.completions.create(model=local_server.model, messages=MESSAGES, max_tokens=8,
+                                          rerank_n=3, seed=11)
+    report = resp.vas
+    assert report.mode == "rerank" and "cannot continue" in report.mode_reason
+    assert report.pool_size == 3 and report.api_calls == 3 and len(report.ess) == 1
+    assert resp.choices[0].message.content == report.traces[0][0].text
+
+
+def test_rerank_through_completions(local_server, openai_client, vader_value):
     profile = replace(local_server.profile, name="local (no continuation)", continuation="none",
                       extra={**local_server.profile.extra, "completions": True})
     client = _client(local_server, openai_client, profile, vader_value)
