@@ -116,14 +116,16 @@ def test_k_above_provider_max_and_no_continuation():
     client = vas_api.wrap(FakeProvider(table_model(TABLE), profile=capped))
     with pytest.raises(CapabilityError, match="at most 5"):
         client.completions.create(model="f", prompt="x", k=20)
+    # Token-level modes asked for explicitly fail at once, naming the modes that work
+    # (mode="auto" runs rerank / block there: tests/test_modes.py).
     hosted = ProviderProfile(name="OpenAI chat", max_top_k=20, logprob_shape="chat", continuation="none")
     client = vas_api.wrap(FakeProvider(table_model(TABLE), profile=hosted))
-    with pytest.raises(CapabilityError, match="cannot continue"):
-        client.chat.completions.create(model="f", messages=[{"role": "user", "content": "x"}], k=5)
+    with pytest.raises(CapabilityError, match="cannot do.*supports: rerank"):
+        client.chat.completions.create(model="f", messages=[{"role": "user", "content": "x"}], k=5, mode="token")
     nolog = ProviderProfile(name="no-logprobs", max_top_k=None, logprob_shape="none", continuation="completions")
     client = vas_api.wrap(FakeProvider(table_model(TABLE), profile=nolog))
-    with pytest.raises(CapabilityError, match="no logprobs"):
-        client.completions.create(model="f", prompt="x")
+    with pytest.raises(CapabilityError, match="needs top-k logprobs.*supports: block, rerank"):
+        client.completions.create(model="f", prompt="x", mode="speculative")
 
 
 def test_empty_prompt():

@@ -53,11 +53,13 @@ from .sampler import (
     Timings,
     TokenSampler,
     arun,
-    resolve_mode,
+    choose_mode,
     run,
 )
+from .sampler.block import sequence_sampler, value_prompt_text
 from .sampler.core import _SamplerBase
 from .sampler.run import arun_all, run_all
+from .sampler.settings import DEFAULT_K, SEQUENCE_KEYS
 from .streaming import AsyncVASStream, StreamState, VASStream
 from .types import Prefix, Prompt, ValueFunction
 from .value_binding import bind_values
@@ -70,7 +72,7 @@ NOT_GIVEN: Any = openai.NOT_GIVEN
 
 ValueSpec = ValueFunction | str | Path
 _REQUEST_KEYS = ("value_model", "beta", "k", "mode", "seed", "draft_min", "draft_max", "restrict_top_k",
-                 *REQUEST_BUDGET_KEYS)
+                 *REQUEST_BUDGET_KEYS, *SEQUENCE_KEYS)
 _SDK_ARGS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "n", "seed", "user",
              "stream", "stream_options")
 _PASS_THROUGH = ("extra_headers", "extra_query", "extra_body", "timeout")
@@ -135,7 +137,8 @@ class _Base:
             raise ConfigError(f"unknown VAS option(s) {sorted(unknown)}; known: {', '.join(_REQUEST_KEYS)}.")
         self.client = client
         self._given_defaults = drop_not_given(defaults)
-        self.defaults = {"beta": 1.0, "k": 20, "mode": "auto", "seed": None, **self._given_defaults}
+        # k None: the endpoint's default (20, or its cap when smaller; sampler.settings.default_k)
+        self.defaults = {"beta": 1.0, "k": None, "mode": "auto", "seed": None, **self._given_defaults}
         self._provider_options = {"chat_template": chat_template, "profile": profile}
         self.prices = prices  # user prices on top of vas_api/data/prices.json (vas_api.pricing)
         self._providers: dict[str, Any] = {}
@@ -222,6 +225,7 @@ class _Base:
     def _plan(self, kind: str, model: str, prompt: Prompt, sdk: dict[str, Any], vas: dict[str, Any]) -> _Plan:
         """Validate everything up front and build one sampler per choice."""
         vas = {**vas, **{k: sdk.pop(k) for k in REQUEST_BUDGET_KEYS if k in sdk}}
+        vas = {**vas, **{k: sdk.pop(k) for k in SEQUENCE_KEYS if k in sdk}}  # block/rerank options
         options = CallOptions.of(**{k: sdk.pop(k) for k in _PASS_THROUGH if k in sdk})
         sdk = drop_not_given(sdk)
         bad = [k for k in _UNSUPPORTED if k in sdk and sdk[k] is not False]
@@ -256,17 +260,16 @@ class _Base:
             provider = provider.with_call_options(options)
         meter = request_meter(model, provider, prices=self.prices,
                               **{k: opts[k] for k in REQUEST_BUDGET_KEYS if k in opts})
-        mode = resolve_mode(opts["mode"], provider.profile, settings.k)
-        if not isinstance(prompt, str) and provider.profile.continuation == "none":
-            raise CapabilityError(f"{provider.profile.name} cannot continue a partial chat response.")
+        choice = choose_mode(opts["mode"], provider.profile, opts["k"])
+        mode, settings = choice.mode, replace(settings, k=choice.k)
         restrict = opts.get("restrict_top_k")
         if restrict is not None and not isinstance(restrict, bool):
             raise ConfigError(f"restrict_top_k = {restrict!r}: use True, False or None (automatic).")
         if restrict is None:
             restrict = provider.profile.top_k_param
-        elif restrict and not provider.profile.top_k_param:
+        elif restrict and not provider.profile.top_k_param and mode == "speculative":
             raise CapabilityError(f"{provider.profile.name} takes no top_k parameter; set restrict_top_k=False.")
-        prompt_text = provider.prompt_text(prompt)
+        prompt_text = value_prompt_text(provider, prompt, mode)
         by_ids = _continues_with_ids(provider, prompt)
         n = positive_int("n", sdk.get("n"), default=1, hint="the number of choices")
         value_fns = bind_values(value_fns, prompt, prompt_text)  # each scores its own rendering
@@ -275,6 +278,8 @@ class _Base:
             s = settings if settings.seed is None or i == 0 else replace(settings, seed=settings.seed + i)
             if mode == "token":
                 samplers.append(TokenSampler(s, Prefix(prompt), prompt_text, by_ids=by_ids))
+            elif mode in ("block", "rerank"):
+                samplers.append(sequence_sampler(mode, s, Prefix(prompt), prompt_text))
             else:
                 # The acceptance rate depends on all of these; the bounds must follow the request.
                 key = (model, settings.betas, restrict, settings.temperature, settings.top_p, s.draft_min, s.draft_max)
@@ -285,7 +290,7 @@ class _Base:
                 ))
                 samplers.append(SpeculativeSampler(s, Prefix(prompt), prompt_text, restrict_top_k=restrict, policy=policy,
                                                      by_ids=by_ids))
-        report = VASReport(mode=mode, model=model, k=settings.k, betas=settings.betas)
+        report = VASReport(mode=mode, model=model, k=settings.k, betas=settings.betas, mode_reason=choice.reason)
         return _Plan(kind, model, provider, value_fns, samplers, report, stream, include_usage, meter)
 
     @staticmethod
@@ -300,7 +305,7 @@ class _Base:
         draft = {k: positive_int(k, opts[k], hint="a draft length in tokens") for k in ("draft_min", "draft_max") if k in opts}
         return SamplerSettings(
             betas=_betas(opts["beta"], n_models),
-            k=positive_int("k", opts["k"], default=20, hint="20 is typical"),
+            k=positive_int("k", opts["k"], default=DEFAULT_K, hint="20 is typical"),
             temperature=real_number("temperature", sdk.get("temperature"), default=1.0, low=0.0,
                                     hint="0 is greedy, 1 samples the target as it is"),
             top_p=real_number("top_p", sdk.get("top_p"), default=1.0, low=0.0, high=1.0, low_open=True),
@@ -308,6 +313,7 @@ class _Base:
             stop=stop_strings(sdk.get("stop")),
             seed=seed,
             **{k: v for k, v in draft.items() if v is not None},
+            **{k: opts[k] for k in SEQUENCE_KEYS if k in opts},  # block / rerank settings
         )
 
     @staticmethod
@@ -322,6 +328,8 @@ class _Base:
                 report.tested += s.tested
                 report.accepted += s.accepted
                 report.resampled += s.resampled
+            if hasattr(s, "pool_size"):  # block / rerank
+                report.add_pool(s)
         report.continuation = "token_ids" if all(s.continuation == "token_ids" for s in plan.samplers) else "text"
         report.api_calls = sum(t.api_calls for t in per_choice)
         report.retries = sum(t.retries for t in per_choice)

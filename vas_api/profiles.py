@@ -54,6 +54,7 @@ __all__ = [
     "LLAMA_CPP_PYTHON",
     "LLAMA_SERVER",
     "TOP_K_ALPHA",
+    "MISTRAL",
     "static_profile",
     "probe_profile",
     "aprobe_profile",
@@ -138,6 +139,18 @@ LLAMA_SERVER = ProviderProfile(
 with id, token, bytes, logprob, top_logprobs), takes token-id prompts, has /tokenize,
 /detokenize and /apply-template; n up to its slot count (``-np``)."""
 
+MISTRAL = ProviderProfile(
+    name="Mistral chat",
+    max_top_k=None,
+    logprob_shape="none",
+    continuation="prefix",
+    top_k_param=False,
+    n_param=False,
+    family="openai",  # OpenAI-style request fields; no server-side sampler extras
+)
+"""api.mistral.ai: no logprobs; a final assistant message with prefix=true is continued (block
+mode). n is left off (one call per sample) until a probe shows it is honoured."""
+
 _OPENAI_LEGACY_MODELS = re.compile(r"(instruct|davinci|babbage|curie|ada)", re.IGNORECASE)
 _PROBE_K = 64
 
@@ -158,6 +171,8 @@ def static_profile(base_url: str, model: str) -> ProviderProfile | None:
     host = urlsplit(str(base_url)).hostname or ""
     if host == "api.openai.com" or host.endswith(".openai.azure.com"):
         return OPENAI_COMPLETIONS if _OPENAI_LEGACY_MODELS.search(model) else OPENAI_CHAT
+    if host == "api.mistral.ai":  # a chat probe cannot see prefix continuation
+        return MISTRAL
     return None
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
 from .budget import UsageRecord
 from .pricing import Price
@@ -21,7 +23,8 @@ class VASReport:
     """What one VAS request cost and did.
 
     Attributes:
-        mode: "speculative" or "token".
+        mode: "speculative", "token", "block" or "rerank".
+        mode_reason: why that mode ran (what the endpoint allows, or that it was asked for).
         model: the base model.
         k: candidates per position.
         betas: one per value model.
@@ -48,6 +51,16 @@ class VASReport:
         continuation: "token_ids" when every call continued the response with the token ids
             the base produced, "text" when (some of) it was sent as text for the server to
             re-tokenize (DESIGN.md section 7).
+        pool_size: block / rerank: candidates drawn per choice (N for rerank, n per step for
+            block); None in token-level modes.
+        block_len: block mode's tokens per block (L).
+        ess: block / rerank: effective sample size (sum w)^2 / sum w^2 of the weights, one per
+            choice (block mode: the mean over its steps). N means the value model did not
+            discriminate; 1 means one candidate took all the weight.
+        blocks: block mode: blocks committed over all choices.
+
+    In block and rerank modes a trace entry is a whole block or response (base logprob NaN),
+    and `tokens` counts the billed completion tokens of every sampled candidate.
     """
 
     mode: str
@@ -71,11 +84,27 @@ class VASReport:
     retries: int = 0
     short_positions: int = 0
     continuation: str = "text"
+    mode_reason: str = ""
+    pool_size: int | None = None
+    block_len: int | None = None
+    ess: list[float] = field(default_factory=list)
+    blocks: int = 0
 
     @property
     def tokens(self) -> int:
-        """Generated tokens over all choices."""
+        """Generated tokens over all choices (block / rerank: billed completion tokens)."""
+        if self.mode in ("block", "rerank"):
+            return self.usage.completion_tokens
         return sum(len(t) for t in self.traces)
+
+    def add_pool(self, sampler: Any) -> None:
+        """Record a block or rerank sampler's pool size and effective sample size."""
+        self.pool_size = sampler.pool_size
+        ess = sampler.ess
+        self.ess.append(float(statistics.fmean(ess)) if isinstance(ess, list) else float(ess))
+        if getattr(sampler, "blocks", 0):
+            self.blocks += sampler.blocks
+            self.block_len = sampler.settings.block_len
 
     @property
     def wasted(self) -> int:
@@ -107,13 +136,17 @@ class VASReport:
     def summary(self) -> str:
         """One line: mode, tokens, calls, billed tokens, cost, time split."""
         parts = [
-            f"{self.mode} k={self.k} betas={list(self.betas)} continuation={self.continuation}",
+            f"{self.mode}{'' if self.pool_size else f' k={self.k}'} betas={list(self.betas)} continuation={self.continuation}",
             f"{self.tokens} tokens",
             f"{self.api_calls} API calls ({self.calls_per_token:.2f}/token)",
             f"billed {self.usage.prompt_tokens}+{self.usage.completion_tokens} tokens",
         ]
         if self.cost_usd:
             parts.append(f"${self.cost_usd:.6f}")
+        if self.pool_size:
+            ess = ", ".join(f"{e:.1f}" for e in self.ess)
+            size = f"n={self.pool_size} blocks of L={self.block_len}, {self.blocks} kept" if self.blocks else f"N={self.pool_size}"
+            parts.append(f"{size}, ESS {ess}")
         if self.stopped_by_budget:
             parts.append("stopped by budget")
         if self.drafted:

@@ -30,9 +30,10 @@ import numpy as np
 from .. import retry as _retry
 from ..budget import Meter, ametered, metered
 from ..errors import ProviderError, VASError
-from ..types import AsyncProvider, Draft, Provider, Usage, ValueFunction
+from ..types import AsyncProvider, Draft, Provider, Samples, Usage, ValueFunction
 from ..value_checks import checked_scores
 from .core import Call, CandidatesCall, DraftCall, ScoreCall, Scores, Step, _SamplerBase
+from .rerank import SampleCall
 
 __all__ = [
     "Timings", "PartialOutput", "ScoreBatcher", "BATCH_WINDOW_S", "score", "ascore", "run", "arun",
@@ -259,7 +260,10 @@ def _as_array(v: object) -> np.ndarray:
     return np.asarray(v, dtype=np.float64).reshape(-1)
 
 
-def _api(call: Call, provider: Provider) -> Draft:
+def _api(call: Call | SampleCall, provider: Provider) -> Draft | Samples:
+    if isinstance(call, SampleCall):
+        return provider.sample(call.prefix, n=call.n, max_tokens=call.max_tokens,
+                               temperature=call.temperature, stop=call.stop or None, seed=call.seed)
     if isinstance(call, CandidatesCall):
         return provider.candidates(call.prefix, k=call.k)
     if not isinstance(call, DraftCall):
@@ -267,7 +271,9 @@ def _api(call: Call, provider: Provider) -> Draft:
     return provider.draft(call.prefix, m=call.m, k=call.k, restrict_top_k=call.restrict_top_k)
 
 
-async def _aapi(call: Call, provider: AsyncProvider) -> Draft:
+async def _aapi(call: Call | SampleCall, provider: AsyncProvider) -> Draft | Samples:
+    if isinstance(call, SampleCall):
+        return await _asample(call, provider)
     if isinstance(call, CandidatesCall):
         return await provider.candidates(call.prefix, k=call.k)
     if not isinstance(call, DraftCall):
@@ -328,6 +334,23 @@ def partial_output(samplers: Sequence[_SamplerBase], provider: Any, timings: Tim
     )
 
 
+async def _asample(call: SampleCall, provider: AsyncProvider) -> Samples:
+    """One call with n= where the endpoint takes it; otherwise n concurrent one-sample calls."""
+    kw = dict(max_tokens=call.max_tokens, temperature=call.temperature, stop=call.stop or None)
+    if provider.profile.n_param or call.n == 1:
+        return await provider.sample(call.prefix, n=call.n, seed=call.seed, **kw)
+    parts = await asyncio.gather(*(
+        provider.sample(call.prefix, n=1, seed=None if call.seed is None else call.seed + i, **kw)
+        for i in range(call.n)
+    ))
+    return Samples([c for p in parts for c in p.completions], sum((p.usage for p in parts), Usage()))
+
+
+def _calls(answer: Draft | Samples) -> int:
+    """API calls behind one answer (a SampleCall may take n; Usage.calls counts them)."""
+    return max(1, answer.usage.calls) if isinstance(answer, Samples) else 1
+
+
 def run(
     sampler: _SamplerBase,
     provider: Provider,
@@ -356,18 +379,20 @@ def run(
         while (call := sampler.next_request()) is not None:
             t0 = time.perf_counter()
             if isinstance(call, ScoreCall):
-                answer: Draft | Scores = score(call, value_fns, sampler.settings.betas)
+                answer: Draft | Samples | Scores = score(call, value_fns, sampler.settings.betas)
                 t.value_s += time.perf_counter() - t0
                 t.value_calls += 1
             else:
+                answer = None
                 try:
                     with metered(meter, call, sampler) as bill:
                         answer = _api(call, provider)
                         bill(answer.usage)
                 finally:
                     t.api_s += time.perf_counter() - t0
-                    t.api_calls += 1
-                t.short_positions += _short_positions(answer, call.k)
+                    t.api_calls += 1 if answer is None else _calls(answer)
+                if isinstance(answer, Draft):
+                    t.short_positions += _short_positions(answer, call.k)
             sampler.feed(answer)
             if pause_when is not None and pause_when():
                 break
@@ -403,18 +428,20 @@ async def arun(
         while (call := sampler.next_request()) is not None:
             t0 = time.perf_counter()
             if isinstance(call, ScoreCall):
-                answer: Draft | Scores = await ascore(call, value_fns, sampler.settings.betas, key=sampler)
+                answer: Draft | Samples | Scores = await ascore(call, value_fns, sampler.settings.betas, key=sampler)
                 t.value_s += time.perf_counter() - t0
                 t.value_calls += 1
             else:
+                answer = None
                 try:
                     async with ametered(meter, call, sampler) as bill:
                         answer = await _aapi(call, provider)
                         bill(answer.usage)
                 finally:
                     t.api_s += time.perf_counter() - t0
-                    t.api_calls += 1
-                t.short_positions += _short_positions(answer, call.k)
+                    t.api_calls += 1 if answer is None else _calls(answer)
+                if isinstance(answer, Draft):
+                    t.short_positions += _short_positions(answer, call.k)
             sampler.feed(answer)
             if pause_when is not None and pause_when():
                 break

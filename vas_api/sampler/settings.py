@@ -9,10 +9,32 @@ from dataclasses import dataclass
 from ..errors import CapabilityError, ConfigError
 from ..types import ProviderProfile
 
-__all__ = ["MODES", "SamplerSettings", "resolve_mode"]
+__all__ = [
+    "MODES",
+    "RERANK_PICKS",
+    "SEQUENCE_KEYS",
+    "DEFAULT_K",
+    "ModeChoice",
+    "SamplerSettings",
+    "choose_mode",
+    "default_k",
+    "resolve_mode",
+]
 
-MODES = ("auto", "speculative", "token")
-IMPLEMENTED = ("speculative", "token")  # block and rerank (DESIGN.md section 5) are not built yet
+MODES = ("auto", "speculative", "token", "block", "rerank")
+RERANK_PICKS = ("sample", "argmax")
+DEFAULT_K = 20
+"""Candidates per position when the request does not say (the paper's authors use 20); capped
+at what the endpoint returns (5 on OpenAI legacy completions)."""
+
+# Block and rerank defaults. block_len / block_n were chosen on the TRAINING prompts
+# (benchmarks/modes_tune.py -> benchmarks/results/modes_tune.json), never the held-out ones.
+# rerank_n = 8 is not tuned: it matches the Best-of-8 bar the benchmarks compare against.
+DEFAULT_BLOCK_LEN = 8
+DEFAULT_BLOCK_N = 8
+DEFAULT_RERANK_N = 8
+SEQUENCE_KEYS = ("block_len", "block_n", "rerank_n", "rerank")
+"""Request options of block and rerank mode (SamplerSettings fields of the same names)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +53,11 @@ class SamplerSettings:
         draft_min, draft_max: bounds on the speculative draft length m.
         restrict_top_k: draft with the server's top_k = k (every drafted token is then a
             candidate). None = whenever the provider accepts a top_k parameter.
+        block_len: block mode: tokens per block (L).
+        block_n: block mode: candidate blocks sampled per step (n).
+        rerank_n: rerank mode: whole responses sampled per choice (N).
+        rerank: rerank mode: "sample" draws in proportion to exp(sum_i beta_i V_i) (importance
+            resampling), "argmax" keeps the highest-valued response.
     """
 
     betas: tuple[float, ...] = ()
@@ -43,6 +70,10 @@ class SamplerSettings:
     draft_min: int = 2
     draft_max: int = 64
     restrict_top_k: bool | None = None
+    block_len: int = DEFAULT_BLOCK_LEN
+    block_n: int = DEFAULT_BLOCK_N
+    rerank_n: int = DEFAULT_RERANK_N
+    rerank: str = "sample"
 
     def __post_init__(self) -> None:
         for i, b in enumerate(self.betas):
@@ -62,6 +93,12 @@ class SamplerSettings:
             raise ConfigError(
                 f"draft_min = {self.draft_min}, draft_max = {self.draft_max}: need 1 <= min <= max."
             )
+        for name in ("block_len", "block_n", "rerank_n"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} = {v!r}: use a positive integer.")
+        if self.rerank not in RERANK_PICKS:
+            raise ConfigError(f"rerank = {self.rerank!r}: use one of {', '.join(RERANK_PICKS)}.")
 
     @property
     def steered(self) -> bool:
@@ -69,40 +106,93 @@ class SamplerSettings:
         return any(b != 0 for b in self.betas)
 
 
-def resolve_mode(mode: str, profile: ProviderProfile, k: int) -> str:
-    """The concrete mode ("speculative" or "token") for a request, or a CapabilityError now.
+@dataclass(frozen=True)
+class ModeChoice:
+    """The mode a request runs in, and why (the report carries both).
+
+    Attributes:
+        mode: "speculative", "token", "block" or "rerank".
+        reason: one sentence: what the endpoint allows and what was asked.
+        k: candidates per position (token and speculative modes; the endpoint's cap applied
+            when the request did not set k).
+    """
+
+    mode: str
+    reason: str
+    k: int
+
+
+_WHY = {
+    "speculative": "it returns top-k logprobs and continues a partial response",
+    "token": "it returns top-k logprobs and continues a partial response",
+    "block": "it continues a partial response but returns no logprobs",
+    "rerank": "it cannot continue a partial response",
+}
+
+
+def default_k(profile: ProviderProfile) -> int:
+    """DEFAULT_K, or the endpoint's maximum top-k when that is smaller."""
+    return DEFAULT_K if profile.max_top_k is None else max(1, min(DEFAULT_K, profile.max_top_k))
+
+
+def choose_mode(mode: str, profile: ProviderProfile, k: int | None = None) -> ModeChoice:
+    """The concrete mode for a request, or a CapabilityError now (before any call).
+
+    `auto` takes the best mode the endpoint allows: speculative (token-level VAS, exact) over
+    block over rerank (`ProviderProfile.modes()` lists them best first).
 
     Args:
-        mode: "auto", "speculative" or "token".
+        mode: "auto", "speculative", "token", "block" or "rerank".
         profile: the provider's capability profile.
-        k: the requested number of candidates.
+        k: candidates per position the user asked for; None = the endpoint's default
+            (`default_k`).
 
     Raises:
-        ConfigError: unknown mode.
-        CapabilityError: the provider cannot run the mode or return k candidates.
+        ConfigError: unknown mode, or k not a positive integer.
+        CapabilityError: the endpoint cannot run the mode (the message names the modes that
+            would work), or cannot return the k the user asked for.
     """
     if mode not in MODES:
         raise ConfigError(f"mode = {mode!r} is not a VAS mode; use one of {', '.join(MODES)}.")
-    workable = [m for m in profile.modes() if m in IMPLEMENTED]
-    if not workable:
-        why = "returns no logprobs" if profile.logprob_shape == "none" else "cannot continue a partial response"
-        later = [m for m in profile.modes() if m not in IMPLEMENTED]
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ConfigError(f"k = {k!r}: k must be a positive integer (20 is typical).")
+    workable = profile.modes()
+    if mode == "auto":
+        chosen = workable[0]
+        reason = f"auto: {chosen}, the best mode {profile.name} allows: {_WHY[chosen]}"
+    elif mode not in workable:
         raise CapabilityError(
-            f"{profile.name} cannot run token-level VAS: it {why}. It could run the "
-            f"{' or '.join(later)} mode, which vas-api does not implement yet; use an endpoint "
-            "that returns top-k logprobs and continues partial responses (a completions endpoint, "
-            "vLLM, llama.cpp, Together, Fireworks, DeepSeek)."
+            f"{profile.name} cannot run mode {mode!r}: {_cannot(mode, profile)}.",
+            workable_modes=workable,
         )
-    if profile.max_top_k is not None and k > profile.max_top_k:
+    else:
+        chosen, reason = mode, f"{mode}: asked for by the request"
+    token_level = chosen in ("speculative", "token")
+    if k is None:
+        k = default_k(profile)
+    elif token_level and profile.max_top_k is not None and k > profile.max_top_k:
         raise CapabilityError(
             f"k = {k} but {profile.name} returns at most {profile.max_top_k} logprobs per position; "
-            f"pass k <= {profile.max_top_k}."
+            f"pass k <= {profile.max_top_k} (or leave k unset to use the endpoint's maximum)."
         )
-    if mode == "auto":
-        return workable[0]
-    if mode not in workable:
-        raise CapabilityError(f"{profile.name} cannot run mode {mode!r}.", workable_modes=workable)
-    return mode
+    return ModeChoice(chosen, reason, k)
+
+
+def _cannot(mode: str, profile: ProviderProfile) -> str:
+    if mode in ("speculative", "token"):
+        if profile.continuation == "none":
+            return "token-level VAS needs continuing a partial response, which it cannot do"
+        return "token-level VAS needs top-k logprobs, which it does not return"
+    return "block mode needs continuing a partial response, which it cannot do"
+
+
+def resolve_mode(mode: str, profile: ProviderProfile, k: int | None = None) -> str:
+    """The concrete mode name for a request (see `choose_mode`, which also gives the reason).
+
+    Raises:
+        ConfigError, CapabilityError: as `choose_mode`.
+    """
+    return choose_mode(mode, profile, k).mode
 
 
 def as_tuple(value: float | Sequence[float] | None) -> tuple[float, ...]:
