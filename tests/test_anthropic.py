@@ -338,7 +338,8 @@ def test_steered_request_on_a_model_that_rejects_prefill_ends_in_rerank_and_coun
         return ok(f"Lovely stay number {len(seen)}!", input_tokens=10, output_tokens=5, stop_reason="max_tokens")
 
     sdk = anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
-    client = vas_api.wrap(sdk, value_model=PrefixRewardValue("vader"), beta=4.0)
+    client = vas_api.wrap(sdk, value_model=PrefixRewardValue("vader"), beta=4.0,
+                          prices={"claude-frontier": (3.0, 0.3, 15.0)})  # a model the price table lacks
     kw = dict(model="claude-frontier", max_tokens=16, messages=[{"role": "user", "content": "Review my hotel."}])
     first = client.messages.create(**kw)
     rejected = [b for b in seen if b["messages"][-1]["role"] == "assistant"]

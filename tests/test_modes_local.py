@@ -43,7 +43,7 @@ def test_rerank_on_the_local_chat_endpoint(local_server, openai_client, vader_va
 
 def test_rerank_through_completions(local_server, openai_client, vader_value):
     profile = replace(local_server.profile, name="local (no continuation)", continuation="none",
-                      extra={**local_server.profile.extra, "completions": True})
+                      completions=True)
     client = _client(local_server, openai_client, profile, vader_value)
     prompt = client.provider(local_server.model).prompt_text(MESSAGES)
     resp = client.completions.create(model=local_server.model, prompt=prompt, max_tokens=8, rerank_n=3, seed=11)

@@ -1,8 +1,8 @@
 """No API key in anything vas-api writes or prints.
 
 One run with a fake key in the environment (OPENAI_API_KEY), in the client, and inside the base
-URL (userinfo and a query value): a probed generation, a failed generation, a collection and a
-training run; then every file written (profile cache, samples, failed-prompt record,
+URL (userinfo and a query value): a probed generation, a failed generation, a collection, a
+training run and a batch job; then every file written (profile cache, samples, failed-prompt record,
 checkpoints), every repr/str of the results and errors (tracebacks included) and every log
 record are searched for the key.
 """
@@ -92,7 +92,18 @@ def test_no_key_in_files_reprs_errors_or_logs(local_server, tmp_path, monkeypatc
                    progress=False)
     look(result)
 
-    written = _files(cache, samples.parent, ckpt)
+    # 5. a batch job through an async client with the key in its base URL, and its summary
+    batch_in, batch_out = tmp_path / "batch" / "in.jsonl", tmp_path / "batch" / "out.jsonl"
+    batch_in.parent.mkdir()
+    batch_in.write_text('{"id": "a", "prompt": "Say hi."}\n{"id": "b", "messages": [{"role": "user", "content": "Hi"}]}\n')
+    aclient = openai.AsyncOpenAI(base_url=_keyed_url(local_server.base_url), max_retries=0, timeout=120)
+    avas = vas_api.wrap(aclient, profile=local_server.profile, chat_template=str(local_server.gguf_path))
+    batch = vas_api.run_batch(avas, batch_in, batch_out, model=local_server.model, max_tokens=4, k=5,
+                              beta=0.0, progress=False)
+    assert batch.done == 2
+    look(batch, avas)
+
+    written = _files(cache, samples.parent, ckpt, batch_in.parent)
     assert any(p.suffix == ".safetensors" for p in written) and samples.exists()
     for path in written:
         assert KEY.encode() not in path.read_bytes(), f"the API key was written to {path}"

@@ -52,10 +52,20 @@ class RequestArgs(TypedDict, total=False):
     """One number, or one per value model (0 = the base model)."""
     k: int
     """Candidates per position."""
-    mode: Literal["auto", "speculative", "token"]
+    mode: Literal["auto", "speculative", "token", "block", "rerank"]
     draft_min: int
     draft_max: int
     restrict_top_k: bool | None
+    # block and rerank modes (vas_api.sampler.block / rerank)
+    block_len: int
+    block_n: int
+    rerank_n: int
+    rerank: Literal["sample", "argmax"]
+    # spend caps (vas_api.budget)
+    max_cost_usd: float
+    max_total_tokens: int
+    budget: Any
+    on_budget: Literal["raise", "partial"]
 
 
 class ChatArgs(RequestArgs, total=False):
