@@ -15,7 +15,7 @@ import json
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     args = ap.parse_args()
     out: dict[str, object] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {__import__('os').cpu_count()} CPUs, no GPU (shared)",
         "k": args.k, "repeats": args.repeats,
     }
