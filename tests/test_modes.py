@@ -301,3 +301,19 @@ def test_mistral_runs_block_mode_with_assistant_prefix(respx_mock):
     assert sent[0]["messages"] == MESSAGES
     assert sent[2]["messages"][-1] == {"role": "assistant", "content": BLOCKS[0], "prefix": True}
     assert sent[4]["messages"][-1]["content"] == BLOCKS[0] + BLOCKS[1]
+
+
+def test_a_server_that_ignores_sampler_options_runs_token_mode_not_drafts():
+    # Ollama's /v1 drops top_k / min_p / repeat-penalty options, so drafts would not follow the
+    # reported logprobs: auto picks token mode, and speculative is refused before any call.
+    from dataclasses import replace as _replace
+
+    from vas_api.errors import CapabilityError as _CapabilityError
+    from vas_api.profiles import LLAMA_CPP_PYTHON
+    from vas_api.sampler.settings import choose_mode as _choose
+
+    ollama_like = _replace(LLAMA_CPP_PYTHON, name="Ollama", neutral_sampling=False)
+    assert _choose("auto", ollama_like).mode == "token"
+    with pytest.raises(_CapabilityError, match="neutral_sampling"):
+        _choose("speculative", ollama_like)
+    assert _choose("auto", LLAMA_CPP_PYTHON).mode == "speculative"

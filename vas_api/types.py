@@ -280,7 +280,10 @@ class ProviderProfile:
         has_logprobs = self.logprob_shape != "none"
         modes = []
         if can_continue and has_logprobs:
-            modes += ["speculative", "token"]
+            # Drafts must be sampled from the reported distribution; a server that ignores its
+            # sampler options (Ollama's /v1: top_k 40, min_p, repeat penalty) cannot draft
+            # exactly, while token mode only reads the reported logprobs.
+            modes += ["speculative", "token"] if self.neutral_sampling else ["token"]
         if can_continue:
             modes.append("block")
         modes.append("rerank")

@@ -179,6 +179,9 @@ def choose_mode(mode: str, profile: ProviderProfile, k: int | None = None) -> Mo
 
 
 def _cannot(mode: str, profile: ProviderProfile) -> str:
+    if mode == "speculative" and profile.continuation != "none" and profile.logprob_shape != "none":
+        return ("speculative drafts must follow the reported logprobs, and this server ignores "
+                "the sampler options that make them (neutral_sampling=False); token mode works")
     if mode in ("speculative", "token"):
         if profile.continuation == "none":
             return "token-level VAS needs continuing a partial response, which it cannot do"
