@@ -46,6 +46,7 @@ from .request_checks import (
     stream_flag,
 )
 from .resources import AsyncChat, AsyncCompletions, Chat, Completions
+from .responses_api import AsyncResponses, Responses, response_from
 from .sampler import (
     DraftLengthPolicy,
     SamplerSettings,
@@ -353,12 +354,14 @@ class VASClient(_Base):
 
     Attributes:
         client: the wrapped SDK client (or provider), untouched.
-        completions, chat: the SDK-shaped resources (`vas_api.resources`).
+        completions, chat: the SDK-shaped resources (`vas_api.resources`); responses:
+            `client.responses.create` (`vas_api.responses_api`).
     """
 
     def _resources(self) -> None:
         self.completions = Completions(self)
         self.chat = Chat(self)
+        self.responses = Responses(self)  # openai Responses API shape: client.responses.create
         self.messages = AnthropicMessages(self)  # anthropic SDK shape: client.messages.create
 
     @staticmethod
@@ -391,6 +394,7 @@ class AsyncVASClient(_Base):
     def _resources(self) -> None:
         self.completions = AsyncCompletions(self)
         self.chat = AsyncChat(self)
+        self.responses = AsyncResponses(self)  # openai Responses API shape: client.responses.create
         self.messages = AnthropicMessages(self)  # anthropic SDK shape: client.messages.create
 
     @staticmethod
@@ -459,6 +463,8 @@ def _response(plan: _Plan, report: VASReport):
     samplers = plan.samplers
     if plan.kind == "messages":  # an anthropic.types.Message (providers/anthropic_messages.py)
         return message_from(model, samplers[0].response, samplers[0].finish_reason, u, report)
+    if plan.kind == "responses":  # an openai.types.responses.Response (vas_api/responses_api.py)
+        return response_from(plan, report)
     finish = [s.finish_reason if s.finish_reason in ("stop", "length", "budget") else "stop" for s in samplers]
     if plan.kind == "completion":
         choices = [CompletionChoice(index=i, text=s.response, finish_reason=_sdk_finish(f), logprobs=None)
