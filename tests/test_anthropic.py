@@ -349,3 +349,18 @@ def test_steered_request_on_a_model_that_rejects_prefill_ends_in_rerank_and_coun
     again = client.messages.create(**kw)
     assert again.vas.mode == "rerank"
     assert sum(b["messages"][-1]["role"] == "assistant" for b in seen) == 1  # remembered: no new prefill
+
+
+def test_a_plain_request_is_priced_from_the_table():
+    # No value model: one call, priced at the shipped table's price for a known Claude model.
+    from vas_api.pricing import default_prices
+
+    model = "claude-haiku-4-5"  # listed in vas_api/data/prices.json
+
+    def handler(request):
+        return ok("Hello there.", input_tokens=1000, output_tokens=100)
+
+    sdk = anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+    msg = vas_api.wrap(sdk).messages.create(model=model, max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    price = default_prices().lookup(model)
+    assert msg.vas.cost_usd == pytest.approx(price.cost_of(msg.vas.usage)) and msg.vas.cost_usd > 0

@@ -183,6 +183,7 @@ class AnthropicMessages:
 
     def _plain(self, model: str, prompt: list[dict[str, Any]], args: dict[str, Any], opts: dict[str, Any]):
         """One base-model call (no steering), through the provider's `sample`."""
+        from ..pricing import base_url_of, resolve_price
         from ..report import VASReport
 
         provider = self._owner.provider(model)
@@ -193,7 +194,10 @@ class AnthropicMessages:
         def finish(samples: Any, start: float) -> Any:
             report.usage = samples.usage
             report.api_calls = samples.usage.calls
-            report.cost_usd = provider.profile.cost(samples.usage)
+            # One plain call, priced from the table (or the user's prices); None when unknown.
+            price = resolve_price(model, base_url_of(provider), self._owner.prices, token_capped=True)
+            report.price = price
+            report.cost_usd = None if price is None else price.cost_of(samples.usage)
             report.time_total_s = report.time_api_s = time.perf_counter() - start
             c = samples.completions[0]
             return message_from(model, c.text, c.finish_reason, samples.usage, report)
