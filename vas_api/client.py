@@ -59,7 +59,7 @@ from .sampler import (
 )
 from .sampler.block import sequence_sampler, value_prompt_text
 from .sampler.core import _SamplerBase
-from .sampler.run import arun_all, run_all
+from .sampler.run import add_samplers, arun_all, run_all
 from .sampler.settings import DEFAULT_K, SEQUENCE_KEYS
 from .streaming import AsyncVASStream, StreamState, VASStream
 from .types import Prefix, Prompt, ValueFunction
@@ -321,17 +321,7 @@ class _Base:
     def _report(plan: _Plan, per_choice: list[Timings], total_s: float) -> VASReport:
         """Fill the plan's report from its finished samplers and their timings."""
         report = plan.report
-        for s in plan.samplers:
-            report.usage = report.usage + s.usage
-            report.traces.append(list(s.steps))
-            if isinstance(s, SpeculativeSampler):
-                report.drafted += s.drafted
-                report.tested += s.tested
-                report.accepted += s.accepted
-                report.resampled += s.resampled
-            if hasattr(s, "pool_size"):  # block / rerank
-                report.add_pool(s)
-        report.continuation = "token_ids" if all(s.continuation == "token_ids" for s in plan.samplers) else "text"
+        add_samplers(report, plan.samplers)
         report.api_calls = sum(t.api_calls for t in per_choice)
         report.retries = sum(t.retries for t in per_choice)
         report.short_positions = sum(t.short_positions for t in per_choice)

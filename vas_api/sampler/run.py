@@ -302,6 +302,24 @@ def _failed(exc: ProviderError, sampler: _SamplerBase, provider: Any, t: Timings
     exc.partial = partial_output([sampler], provider, t)
 
 
+def add_samplers(report: Any, samplers: Sequence[_SamplerBase]) -> None:
+    """Add each sampler's usage, trace and draft / pool counts to `report` (a VASReport), and
+    say how the response was continued: the one place the client and `partial_output` do it."""
+    from .speculative import SpeculativeSampler
+
+    for s in samplers:
+        report.usage = report.usage + s.usage
+        report.traces.append(list(s.steps))
+        if isinstance(s, SpeculativeSampler):
+            report.drafted += s.drafted
+            report.tested += s.tested
+            report.accepted += s.accepted
+            report.resampled += s.resampled
+        if hasattr(s, "pool_size"):  # block / rerank
+            report.add_pool(s)
+    report.continuation = "token_ids" if all(getattr(s, "continuation", "text") == "token_ids" for s in samplers) else "text"
+
+
 def partial_output(samplers: Sequence[_SamplerBase], provider: Any, timings: Timings | None = None) -> PartialOutput:
     """The `PartialOutput` of `samplers` (with a VASReport built like the client's)."""
     from ..report import VASReport
@@ -311,14 +329,7 @@ def partial_output(samplers: Sequence[_SamplerBase], provider: Any, timings: Tim
     mode = "speculative" if isinstance(first, SpeculativeSampler) else "token"
     report = VASReport(mode=mode, model=str(getattr(provider, "model", "?")), k=first.settings.k,
                        betas=tuple(first.settings.betas))
-    for s in samplers:
-        report.usage = report.usage + s.usage
-        report.traces.append(list(s.steps))
-        if isinstance(s, SpeculativeSampler):
-            report.drafted += s.drafted
-            report.tested += s.tested
-            report.accepted += s.accepted
-            report.resampled += s.resampled
+    add_samplers(report, samplers)
     if timings is not None:
         report.api_calls = timings.api_calls
         report.time_api_s, report.time_value_s, report.time_total_s = timings.api_s, timings.value_s, timings.total_s
