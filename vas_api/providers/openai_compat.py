@@ -91,7 +91,17 @@ def _tokenize_failed(url: str, exc: Exception) -> ProviderError:
         f"{redact_urls_in(str(exc))}); token-id continuation needs it. Pass a profile with "
         "token_id_prompts=False to continue as text."
     )
-    return sdk_error(exc, message) if isinstance(exc, openai.OpenAIError) else ProviderError(message)
+    return sdk_error(exc, message)
+
+
+def _tokenize_flow(url: str, body: dict[str, Any]) -> wire.Flow:
+    """The server's tokenize call as a flow, so it goes through the drivers like every other
+    call (one retry layer, keys masked, the SDK's exception classes); a refusal says how to
+    continue as text instead."""
+    try:
+        return (yield wire.Call("http", {"method": "post", "url": url, "body": body}))
+    except openai.APIStatusError as exc:  # a plain ProviderError: not a missing *model*
+        raise ProviderError(_tokenize_failed(url, exc).args[0]) from exc
 
 
 class _Core:
@@ -274,10 +284,7 @@ class OpenAICompatProvider:
         if call is None:
             return
         url, body = call
-        try:
-            reply = self.client.post(url, body=body, cast_to=object)
-        except openai.OpenAIError as exc:
-            raise _tokenize_failed(url, exc) from exc
+        reply = wire.drive_sync(self.client, _tokenize_flow(url, body), model=self.model)
         self._core.remember_ids(prefix, url, reply)
 
     def candidates(self, prefix: Prefix, *, k: int) -> Draft:
@@ -383,10 +390,7 @@ class AsyncOpenAICompatProvider:
         if call is None:
             return
         url, body = call
-        try:
-            reply = await self.client.post(url, body=body, cast_to=object)
-        except openai.OpenAIError as exc:
-            raise _tokenize_failed(url, exc) from exc
+        reply = await wire.drive_async(self.client, _tokenize_flow(url, body), model=self.model)
         self._core.remember_ids(prefix, url, reply)
 
     async def candidates(self, prefix: Prefix, *, k: int) -> Draft:
