@@ -130,6 +130,10 @@ class ValueModel(nn.Module):
         config: the ValueModelConfig.
     """
 
+    reads_whole_text = True
+    """It scores the whole rendered text and needs no prompt_len, so the drivers can batch the
+    requests of one model together (`vas_api.sampler.run`)."""
+
     def __init__(
         self,
         backbone: PreTrainedModel,

@@ -152,3 +152,28 @@ def test_residual_score_many_adds_the_prefix_reward_to_batched_corrections():
             assert np.allclose(per_pos[j].numpy(), want.numpy(), atol=ATOL)
     res.release("a")
     assert set(res.model._cache.keyed) == {"b"}
+
+
+def test_per_request_views_of_one_model_batch_together():
+    """Each request wraps a prompt-aware value model in its own view (vas_api.value_binding);
+    their score calls must still meet in the model's one batcher, scored on the view's text."""
+    from vas_api.sampler.run import ascore
+    from vas_api.value_binding import BoundValue
+
+    model = tiny_model(seed=2)
+    forwards: list[int] = []
+    real = model._run_batched
+    model._run_batched = lambda jobs: forwards.append(len(jobs)) or real(jobs)
+    base = "BASE PROMPT:"
+    views = [BoundValue(model, f"p{i}", base, PROMPT + f"Story {i}:") for i in range(3)]
+    calls = [ScoreCall(base, ("a",), (tuple(CANDS[:3]), tuple(CANDS[3:6]))) for _ in views]
+
+    async def main():
+        return await asyncio.gather(*(ascore(c, [v], [1.0], key=v) for c, v in zip(calls, views, strict=True)))
+
+    got = asyncio.run(main())
+    assert forwards and max(forwards) == 3  # the three requests went through one forward
+    for view, (per_model,) in zip(views, got, strict=True):
+        own = view.own_text(base)
+        want = model.values([own + c for c in CANDS[:3]])
+        assert np.allclose(per_model[0], want.numpy(), atol=ATOL)

@@ -20,20 +20,23 @@ from typing import Any
 from .errors import ValueModelError
 from .types import Prompt, ValueFunction
 
-__all__ = ["BoundValue", "bind_values"]
+__all__ = ["BoundValue", "bind_values", "shared_lock"]
 
-_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_BY_ID: dict[int, threading.RLock] = {}  # value functions that cannot be weakly referenced
 _GUARD = threading.Lock()
 
 
-def _lock_of(vf: Any) -> threading.Lock:
-    # Views of one value model made by concurrent requests share its lock: a value model keeps
-    # a KV cache and is not thread-safe.
+def shared_lock(vf: Any) -> threading.RLock:
+    """The one lock of a value model, shared by every request and view of it (a value model
+    keeps a KV cache and is not thread-safe). Re-entrant: the drivers hold it around a score
+    call, and a `BoundValue` view takes it again inside."""
+    vf = getattr(vf, "value_fn", vf)  # a view locks its model
     with _GUARD:
         try:
-            return _LOCKS.setdefault(vf, threading.Lock())
-        except TypeError:  # not weak-referenceable: a lock per view
-            return threading.Lock()
+            return _LOCKS.setdefault(vf, threading.RLock())
+        except TypeError:
+            return _BY_ID.setdefault(id(vf), threading.RLock())
 
 
 class BoundValue:
@@ -55,9 +58,10 @@ class BoundValue:
         self.prompt = prompt
         self._base = base_prompt_text
         self._own = own_prompt_text
-        self._lock = _lock_of(value_fn)
+        self._lock = shared_lock(value_fn)
 
-    def _swap(self, text: str) -> str:
+    def own_text(self, text: str) -> str:
+        """`text` (base prompt text + response) as this value function renders it."""
         if not text.startswith(self._base):
             raise ValueModelError(
                 "a text to score does not start with the request's prompt text, so its response "
@@ -67,7 +71,7 @@ class BoundValue:
 
     def values(self, texts: Sequence[str]) -> Any:
         """V of each text (base prompt text + response), shape (B,)."""
-        own = [self._swap(t) for t in texts]
+        own = [self.own_text(t) for t in texts]
         with self._lock:
             return self.value_fn.values(own, prompt_lens=[len(self._own)] * len(own))
 
@@ -75,13 +79,13 @@ class BoundValue:
         """V(prefix_text + c) for each candidate, shape (k,)."""
         with self._lock:
             return self.value_fn.score_candidates(
-                self._swap(prefix_text), list(candidate_texts), prompt_len=len(self._own)
+                self.own_text(prefix_text), list(candidate_texts), prompt_len=len(self._own)
             )
 
     def score_draft(self, prefix_text: str, path: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[Any]:
         """Every position's candidates of a drafted path (the function's batched `score_draft`
         when it has one, else one `score_candidates` per position)."""
-        own = self._swap(prefix_text)
+        own = self.own_text(prefix_text)
         with self._lock:
             if hasattr(self.value_fn, "score_draft"):
                 return self.value_fn.score_draft(own, list(path), [list(c) for c in candidates],

@@ -18,7 +18,6 @@ cancels its siblings at once (no API call after the error).
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -87,13 +86,10 @@ class PartialOutput:
         return f"PartialOutput(tokens={lens}, finished={self.finished}, usage={self.usage})"
 
 
-_LOCKS: dict[int, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
+def _lock_for(vf: ValueFunction) -> Any:
+    from ..value_binding import shared_lock
 
-
-def _lock_for(vf: ValueFunction) -> threading.Lock:
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(id(vf), threading.Lock())
+    return shared_lock(vf)
 
 
 def score(call: ScoreCall, value_fns: Sequence[ValueFunction], betas: Sequence[float]) -> Scores:
@@ -244,20 +240,26 @@ async def ascore(
     """`score` for the event loop: every value model's scores, batched with the score calls of
     the other requests in flight (`ScoreBatcher`). `key`: the request (e.g. its sampler)."""
     parts = await asyncio.gather(*(
-        batcher_for(vf).score(call, key) if beta != 0 else _done(_zeros(call))
+        _batched(vf, call, key) if beta != 0 else _done(_zeros(call))
         for vf, beta in zip(value_fns, betas, strict=True)
     ))
     return list(parts)
 
 
+def _batched(vf: Any, call: ScoreCall, key: Any) -> Any:
+    """Queue `call` on the batcher of the model itself: a per-request view (`BoundValue`) of a
+    model that reads the whole text (no prompt_len needed) hands over its rendered text, so
+    the requests of one model batch together instead of one batcher per view."""
+    inner = getattr(vf, "value_fn", None)
+    if inner is not None and getattr(inner, "reads_whole_text", False) and hasattr(inner, "score_many"):
+        from dataclasses import replace
+
+        return batcher_for(inner).score(replace(call, prefix_text=vf.own_text(call.prefix_text)), key)
+    return batcher_for(vf).score(call, key)
+
+
 async def _done(value: Any) -> Any:
     return value
-
-
-def _as_array(v: object) -> np.ndarray:
-    if hasattr(v, "detach"):  # a torch tensor
-        v = v.detach().float().cpu().numpy()  # type: ignore[union-attr]
-    return np.asarray(v, dtype=np.float64).reshape(-1)
 
 
 def _api(call: Call | SampleCall, provider: Provider) -> Draft | Samples:
