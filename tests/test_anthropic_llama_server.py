@@ -3,17 +3,10 @@ serves an Anthropic-compatible /v1/messages with SmolLM2-135M-Instruct.
 
 llama-server honours an assistant prefill but puts the prefill text in front of the
 continuation (Anthropic's own API returns only the continuation): the provider must detect the
-echo and return the continuation alone. The binary comes from `make llama-server` (its path in
-/work/wt/briefs/llama_server_path.txt, or $VAS_LLAMA_SERVER); without it these tests skip.
+echo and return the continuation alone. The server is the session's `llama_server` fixture.
 """
 
 from __future__ import annotations
-
-import os
-import socket
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 
@@ -25,55 +18,14 @@ from vas_api.providers.anthropic import _LEARNED, forget_learned  # noqa: E402
 from vas_api.types import Prefix  # noqa: E402
 
 pytestmark = pytest.mark.integration
-PATH_FILE = Path("/work/wt/briefs/llama_server_path.txt")
 CHAT = [{"role": "user", "content": "Write one sentence about a hotel you liked."}]
 
 
-def _binary() -> Path | None:
-    text = os.environ.get("VAS_LLAMA_SERVER") or (PATH_FILE.read_text().strip() if PATH_FILE.exists() else "")
-    path = Path(text) if text else None
-    return path if path is not None and path.is_file() else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def messages_server(tmp_path_factory):
-    """llama-server on SmolLM2 (one thread), its base URL for the anthropic SDK."""
-    binary = _binary()
-    if binary is None:
-        pytest.skip("llama-server is not built (make llama-server writes its path to " f"{PATH_FILE})")
-    from vas_api.local import find_smollm2_gguf
-
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("llama-server") / "server.log").open("wb")
-    env = {**os.environ, "LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
-    proc = subprocess.Popen([str(binary), "-m", str(find_smollm2_gguf()), "--host", "127.0.0.1",
-                             "--port", str(port), "-t", "1", "-c", "2048"], stdout=log, stderr=log, env=env)
-    base = f"http://127.0.0.1:{port}"
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"llama-server exited with {proc.returncode}; see {log.name}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("llama-server did not become healthy in 120 s")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+def messages_server(llama_server):
+    """The root URL of the session's llama-server (`llama_server` in conftest.py: a missing
+    binary is built, never skipped), whose /v1/messages the anthropic SDK talks to."""
+    return llama_server.base_url[: -len("/v1")]
 
 
 @pytest.fixture
@@ -123,7 +75,6 @@ def test_block_style_continuation_grows_the_response(client):
 
 def test_block_mode_end_to_end_through_the_anthropic_sdk(client):
     """Steered messages.create on llama-server: auto mode picks block (prefill, no logprobs)."""
-    pytest.importorskip("vas_api.sampler.block")  # the block sampler comes with the modes work
     from estimators.baselines import PrefixRewardValue
 
     wrapped = vas_api.wrap(client, value_model=PrefixRewardValue("vader"), beta=4.0)

@@ -49,7 +49,7 @@ def test_kill_9_mid_run_then_rerun_gives_every_id_once(local_server, tmp_path):
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen(_cli(local_server, inp, out), env=_env(), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 900  # a guard against a hang, not a speed check
     try:
         # Wait until a good part of the job is written, then kill it without warning.
         while time.monotonic() < deadline and proc.poll() is None:
@@ -68,7 +68,7 @@ def test_kill_9_mid_run_then_rerun_gives_every_id_once(local_server, tmp_path):
     assert 30 <= n_before < N_ITEMS
 
     rerun = subprocess.run(_cli(local_server, inp, out), env=_env(), cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     final = out.read_bytes()
     # Lines written before the kill are unchanged (a torn last line is the only thing cut).

@@ -158,7 +158,7 @@ def test_exact_server_partial_utf8_bytes(openai_client, local_server):
         [{"role": "user", "content": "Reply with one emoji: 😀"}]
     )
     fragments = 0
-    for seed in range(8):
+    for seed in range(32):  # until two fragments are seen (usually one or two seeds)
         response = openai_client.completions.create(
             model=local_server.model, prompt=prompt, max_tokens=12, logprobs=5, seed=seed,
             temperature=1.0, top_p=1.0, extra_body={"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0},
@@ -175,7 +175,7 @@ def test_exact_server_partial_utf8_bytes(openai_client, local_server):
                 assert c.special == (c.raw in (b"<|im_end|>", b"<|endoftext|>", b"<|im_start|>"))
         if fragments >= 2:
             break
-    assert fragments >= 2, "no emoji drafted in 8 seeds; the prompt no longer invites one"
+    assert fragments >= 2, "no emoji drafted in 32 seeds; the prompt no longer invites one"
 
 
 def _eos_logprob_in_process(local_server) -> float:

@@ -312,13 +312,6 @@ def _recover_sampled_text(
     return [text[a:b] for a, b in zip(rel, ends, strict=True)]
 
 
-def _with_id(c: Candidate | None, token_id: Any) -> Candidate | None:
-    # The chat shape's optional ``id`` (llama-server, vas-api's exact local server).
-    if c is None or not isinstance(token_id, int) or isinstance(token_id, bool):
-        return c
-    return Candidate(c.raw, c.logprob, c.special, int(token_id))
-
-
 def parse_chat(
     content: Sequence[Any] | None,
     *,

@@ -217,10 +217,10 @@ class ProviderProfile:
         eos_token_ids: token ids that end the response, where the server says (llama.cpp's
             /props, the GGUF metadata); with reported ids they tell EOS from byte fragments.
         exact_logprobs: the server is vas-api's exact llama-cpp-python reporter.
-        token_id_prompts: /v1/completions takes the prompt as a list of token ids and the
-            server can tokenize text (llama-server's /tokenize, the exact local server's
-            /extras/tokenize, vLLM), so partial responses are continued with the ids the base
-            produced instead of re-tokenized text (DESIGN.md section 7).
+        token_id_prompts: /v1/completions takes the prompt as a list of token ids. Where the
+            logprobs also carry ids (llama-server; the exact local server, which takes id
+            prompts whatever this says) partial responses are continued with the ids the base
+            produced instead of re-tokenized text; elsewhere (vLLM) they go as text.
         tokenize: the server has /tokenize and /detokenize.
         apply_template: the server has /apply-template (chat messages -> prompt text).
         neutral_sampling: every server-side sampler can be switched off, so drafts follow the

@@ -46,9 +46,8 @@ TOKENIZE_ENDPOINTS: dict[str, tuple[str, Callable[[str, str], dict[str, Any]]]] 
     # llama-cpp-python: POST /extras/tokenize {input} -> {"tokens": [...]}; it tokenizes with
     # add_bos and special=True, as its /v1/completions does a text prompt.
     "llama-cpp-python": ("/extras/tokenize", lambda model, text: {"model": model, "input": text}),
-    # vLLM / SGLang: POST /tokenize {model, prompt, add_special_tokens} -> {"tokens": [...]}.
-    "vllm": ("/tokenize", lambda model, text: {
-        "model": model, "prompt": text, "add_special_tokens": True}),
+    # vLLM / SGLang have POST /tokenize too, but report no ids in their logprobs, so their
+    # responses continue as text and no tokenize call is made (tokenize_request).
 }
 """Server family -> (path under the server root, request body) of its tokenizer endpoint."""
 
@@ -60,12 +59,9 @@ def tokenize_request(profile: ProviderProfile, base_url: str, model: str, text: 
     endpoint cannot take id prompts or its family has no known tokenizer endpoint (pure)."""
     if not wire.takes_id_prompts(profile) or not (profile.family == "llama.cpp" or profile.exact_logprobs):
         return None  # no id prompts, or no ids in the logprobs to continue with (vLLM, ...)
-    family = profile.family
-    if family == "sglang":
-        family = "vllm"
-    if family not in TOKENIZE_ENDPOINTS:
+    if profile.family not in TOKENIZE_ENDPOINTS:
         return None
-    path, body = TOKENIZE_ENDPOINTS[family]
+    path, body = TOKENIZE_ENDPOINTS[profile.family]
     parts = urlsplit(str(base_url))  # the query (it may hold a key) is not the server's root
     root = parts.path.rstrip("/")
     if root.endswith("/v1"):
@@ -176,7 +172,7 @@ class _Core:
     def mid_character_ids(self) -> frozenset[int]:
         """On llama.cpp's server: ids of the tokens that end mid-character (it reports no
         position for a sampled one), from the GGUF; empty elsewhere or without the GGUF."""
-        if self.profile.extra.get("family") != "llama.cpp" or self._gguf is None:
+        if self.profile.family != "llama.cpp" or self._gguf is None:
             return frozenset()
         from .llama_vocab import incomplete_token_ids
 
@@ -188,7 +184,8 @@ class _Core:
         its sampler, see `vas_api.providers.llama_vocab`), when the GGUF is known."""
         if self._candidates_extra is None:
             self._candidates_extra = {}
-            ids = self.mid_character_ids()
+            # An anchored call (profile.anchor_token_id) forces a whole token already.
+            ids = self.mid_character_ids() if self.profile.anchor_token_id is None else ()
             if ids:
                 self._candidates_extra = {"logit_bias": {str(i): -100 for i in sorted(ids)}}
         return self._candidates_extra
