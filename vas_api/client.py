@@ -59,7 +59,7 @@ from .sampler import (
 )
 from .sampler.block import sequence_sampler, value_prompt_text
 from .sampler.core import _SamplerBase
-from .sampler.run import add_samplers, arun_all, run_all
+from .sampler.run import add_samplers, arun_all, price_report, run_all
 from .sampler.settings import DEFAULT_K, SEQUENCE_KEYS
 from .streaming import AsyncVASStream, StreamState, VASStream
 from .types import Prefix, Prompt, ValueFunction
@@ -325,10 +325,7 @@ class _Base:
         report.api_calls = sum(t.api_calls for t in per_choice)
         report.retries = sum(t.retries for t in per_choice)
         report.short_positions = sum(t.short_positions for t in per_choice)
-        meter = plan.meter
-        report.usage_records, report.price = list(meter.records), meter.price
-        costs = [r.cost_usd for r in report.usage_records]
-        report.cost_usd = None if meter.price is None else sum(c for c in costs if c is not None)
+        price_report(report, plan.meter)
         report.time_api_s = sum(t.api_s for t in per_choice)
         report.time_value_s = sum(t.value_s for t in per_choice)
         report.time_total_s = total_s

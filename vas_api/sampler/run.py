@@ -296,12 +296,15 @@ def _count_failure(sampler: _SamplerBase, exc: BaseException) -> None:
         exc._vas_counted = True  # type: ignore[attr-defined] - one exception, counted once
 
 
-def _failed(exc: ProviderError, sampler: _SamplerBase, provider: Any, t: Timings, log: _retry.RetryLog) -> None:
+def _failed(
+    exc: ProviderError, sampler: _SamplerBase, provider: Any, t: Timings, log: _retry.RetryLog,
+    meter: Meter | None = None,
+) -> None:
     """What `run` / `arun` do when a call fails for good: count it, attach the partial output."""
     _count_failure(sampler, exc)
     t.retries += log.retries
     log.retries = 0
-    exc.partial = partial_output([sampler], provider, t)
+    exc.partial = partial_output([sampler], provider, t, meter)
 
 
 def add_samplers(report: Any, samplers: Sequence[_SamplerBase]) -> None:
@@ -322,8 +325,19 @@ def add_samplers(report: Any, samplers: Sequence[_SamplerBase]) -> None:
     report.continuation = "token_ids" if all(getattr(s, "continuation", "text") == "token_ids" for s in samplers) else "text"
 
 
-def partial_output(samplers: Sequence[_SamplerBase], provider: Any, timings: Timings | None = None) -> PartialOutput:
-    """The `PartialOutput` of `samplers` (with a VASReport built like the client's)."""
+def price_report(report: Any, meter: Meter) -> None:
+    """The report's spend from the meter's raw usage records (None when the price is unknown)."""
+    report.usage_records, report.price = list(meter.records), meter.price
+    costs = [r.cost_usd for r in report.usage_records]
+    report.cost_usd = None if meter.price is None else sum(c for c in costs if c is not None)
+
+
+def partial_output(
+    samplers: Sequence[_SamplerBase], provider: Any, timings: Timings | None = None,
+    meter: Meter | None = None,
+) -> PartialOutput:
+    """The `PartialOutput` of `samplers` (with a VASReport built like the client's: priced by
+    the request's `meter` where there is one)."""
     from ..report import VASReport
     from .speculative import SpeculativeSampler
 
@@ -335,11 +349,10 @@ def partial_output(samplers: Sequence[_SamplerBase], provider: Any, timings: Tim
     if timings is not None:
         report.api_calls = timings.api_calls
         report.time_api_s, report.time_value_s, report.time_total_s = timings.api_s, timings.value_s, timings.total_s
-        for name in ("retries", "short_positions"):
-            if hasattr(report, name):
-                setattr(report, name, getattr(timings, name))
-    profile = getattr(provider, "profile", None)
-    if profile is not None:
+        report.retries, report.short_positions = timings.retries, timings.short_positions
+    if meter is not None:
+        price_report(report, meter)
+    elif (profile := getattr(provider, "profile", None)) is not None:
         report.cost_usd = profile.cost(report.usage)
     return PartialOutput(
         texts=[s.response for s in samplers], steps=[list(s.steps) for s in samplers],
@@ -410,7 +423,7 @@ def run(
             if pause_when is not None and pause_when():
                 break
     except ProviderError as exc:
-        _failed(exc, sampler, provider, t, log)
+        _failed(exc, sampler, provider, t, log, meter)
         raise
     finally:
         _retry.reset_retry_log(token)
@@ -459,7 +472,7 @@ async def arun(
             if pause_when is not None and pause_when():
                 break
     except ProviderError as exc:
-        _failed(exc, sampler, provider, t, log)
+        _failed(exc, sampler, provider, t, log, meter)
         raise
     finally:
         _retry.reset_retry_log(token)
@@ -484,7 +497,7 @@ def run_all(
         for s in samplers:
             run(s, provider, value_fns, timings, meter=meter)
     except ProviderError as exc:
-        exc.partial = partial_output(samplers, provider, timings)
+        exc.partial = partial_output(samplers, provider, timings, meter)
         raise
     return timings
 
@@ -527,5 +540,5 @@ async def arun_all(
             api_calls=sum(t.api_calls for t in timings), retries=sum(t.retries for t in timings),
             short_positions=sum(t.short_positions for t in timings),
         )
-        exc.partial = partial_output(samplers, provider, total)
+        exc.partial = partial_output(samplers, provider, total, meter)
     raise exc  # type: ignore[misc]
