@@ -1,0 +1,466 @@
+"""Values benchmark: value models that see ahead, on rewards the prefix cannot tell.
+
+Base: SmolLM2-135M-Instruct on the embedded llama.cpp server (llama-cpp-python). Three tasks on
+the same base samples (96 training prompts x 8, 32 held-out prompts x 16, up to 64 tokens):
+- sentiment: VADER compound of the response (the prefix reward is a strong baseline here);
+- ending: a whole-response reward on length and on ending with a finished sentence
+  (estimators.rewards, the `ending` spec): its prefix, scored as if finished, is no guide;
+- judge: an LLM judge through the API (the same local model asked a yes/no question about the
+  finished response, reward = P(yes)); steering with the judge on every prefix would cost one
+  judge call per candidate per step, so the learned value model is the affordable way.
+
+Phases (each cached under ~/.cache/vas-api/values_benchmark/, so a re-run resumes):
+1. data: `vas collect` samples (train: --n-train per prompt, held-out: --n-heldout);
+2. score: every task's reward of every sample (the judge's calls and tokens are counted);
+3. train: one TD(lambda) value model per task, with the end of sequence as its own state;
+   training choices are made on the validation split of the training prompts only;
+4. spearman: held-out Spearman at half the completion, learned vs every cheap baseline;
+5. steer: the beta of each task is picked on the validation prompts; held-out VAS at that beta
+   against base sampling, Best-of-8 and Best-of-16 with the true reward (from the held-out
+   samples), with billed tokens per response (judge calls included);
+6. compose: the judge and ending value models together, (beta_judge, beta_ending) along a line,
+   the trade-off between the two rewards on held-out prompts (a curve, not a choice).
+
+    .venv/bin/python benchmarks/values_benchmark.py          # everything (resumes)
+    .venv/bin/python benchmarks/values_benchmark.py --phase data --phase score
+Writes benchmarks/results/values_benchmark.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import machine, sem_of, write_result  # noqa: E402
+
+from estimators.data import Sample, SampleWriter, prompt_key, read_samples  # noqa: E402
+from vas_api.paths import cache_dir  # noqa: E402
+
+PROMPTS = ROOT / "estimators" / "data"
+DATA = cache_dir() / "values_benchmark"
+MODELS = cache_dir() / "models"
+PHASES = ("data", "score", "train", "spearman", "steer", "compose")
+TASKS = ("ending", "judge", "sentiment")
+
+
+# --- the tasks' rewards ---------------------------------------------------------------------
+
+def ending_spec() -> str:
+    from estimators.rewards import ENDING_DEFAULT_SPEC
+
+    return ENDING_DEFAULT_SPEC
+
+
+def make_reward(task: str, judge_endpoint: tuple[Any, str] | None) -> Any:
+    """The true reward of a task: a Reward (prompts, completions) -> floats."""
+    from estimators.rewards import build_reward
+
+    if task == "sentiment":
+        return build_reward("vader")
+    if task == "ending":
+        return build_reward(ending_spec())
+    from estimators.judge import JUDGE_DEFAULT_QUESTION, JudgeReward
+
+    client, model = judge_endpoint  # type: ignore[misc]
+    return JudgeReward(client, model, question=JUDGE_DEFAULT_QUESTION)
+
+
+def judge_usage(reward: Any) -> dict[str, int]:
+    """Calls and billed tokens of a judge reward so far (zeros for a free reward)."""
+    usage = getattr(reward, "usage", None)
+    if usage is None:
+        return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    return {"calls": int(usage.calls), "prompt_tokens": int(usage.prompt_tokens),
+            "completion_tokens": int(usage.completion_tokens)}
+
+
+# --- phase helpers --------------------------------------------------------------------------
+
+def _state(name: str) -> dict[str, Any]:
+    path = DATA / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_state(name: str, payload: dict[str, Any]) -> None:
+    path = DATA / f"{name}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+
+
+def phase_data(args: argparse.Namespace) -> dict[str, Any]:
+    """Collect with the CLI (resumes: samples already in a file count)."""
+    out = _state("data")
+    for split, prompts, n, seed in (("train", "train_prompts.txt", args.n_train, 0),
+                                    ("heldout", "heldout_prompts.txt", args.n_heldout, 1)):
+        path = DATA / f"{split}.jsonl"
+        have = len(read_samples(path, require=False).samples)
+        wanted = n * len([ln for ln in (PROMPTS / prompts).read_text().splitlines() if ln.strip()])
+        if have < wanted:
+            cmd = [str(ROOT / ".venv" / "bin" / "vas"), "collect", str(PROMPTS / prompts), "-o",
+                   str(path), "--n", str(n), "--max-tokens", str(args.max_tokens),
+                   "--seed", str(seed)]
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            out.setdefault(split, {})["seconds_this_run"] = round(time.perf_counter() - start, 1)
+        samples = read_samples(path).samples
+        out.setdefault(split, {}).update(
+            file=str(path), samples=len(samples), prompts=len({prompt_key(s.prompt) for s in samples}),
+            per_prompt=n, max_tokens=args.max_tokens, seed=seed,
+            prompt_tokens=sum(int(s.usage.get("prompt_tokens", 0)) for s in samples),
+            completion_tokens=sum(int(s.usage.get("completion_tokens", 0)) for s in samples),
+            finished=sum(s.finish_reason == "stop" for s in samples),
+        )
+    _save_state("data", out)
+    return out
+
+
+def _scored_path(task: str, split: str) -> Path:
+    return DATA / f"{task}-{split}.jsonl"
+
+
+def phase_score(tasks: Sequence[str], judge_endpoint: Any) -> dict[str, Any]:
+    """Each task's reward for every sample, written as a scored copy of the data."""
+    out = _state("score")
+    for task in tasks:
+        for split in ("train", "heldout"):
+            path = _scored_path(task, split)
+            if path.exists():
+                continue
+            samples = read_samples(DATA / f"{split}.jsonl").samples
+            reward = make_reward(task, judge_endpoint)
+            start = time.perf_counter()
+            scores = _score(reward, samples)
+            seconds = time.perf_counter() - start
+            tmp = path.with_suffix(".tmp")
+            with SampleWriter(tmp) as w:
+                for s, r in zip(samples, scores, strict=True):
+                    s.reward = r
+                    w.write(s)
+            tmp.replace(path)
+            out[f"{task}/{split}"] = {"samples": len(samples), "seconds": round(seconds, 1),
+                                      "judge": judge_usage(reward),
+                                      "mean_reward": statistics.fmean(scores),
+                                      "spec": getattr(reward, "description", task)}
+            _save_state("score", out)
+    return out
+
+
+def _score(reward: Any, samples: Sequence[Sample], chunk: int = 64) -> list[float]:
+    from tqdm import tqdm
+
+    from estimators.rewards import compute_rewards
+
+    scores: list[float] = []
+    for i in tqdm(range(0, len(samples), chunk), desc="score", file=sys.stderr, leave=False):
+        part = samples[i:i + chunk]
+        scores += compute_rewards(reward, [s.prompt_text for s in part], [s.completion for s in part])
+    return scores
+
+
+def _checkpoint(task: str, args: argparse.Namespace) -> Path:
+    return MODELS / f"values-{task}-L{args.layers}-lr{args.lr:g}{args.tag}"
+
+
+def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
+    """One value model per task (reused when its checkpoint is complete)."""
+    from estimators.train import TrainConfig, train
+
+    out = _state("train")
+    for task in tasks:
+        ckpt = _checkpoint(task, args)
+        key = ckpt.name
+        if (ckpt / "config.json").exists() and key in out:
+            continue
+        cfg = TrainConfig(
+            data=str(_scored_path(task, "train")), output_dir=str(ckpt), reward=None,
+            num_layers=args.layers, lr=args.lr, passes=args.passes, lam=0.95,
+            epochs_per_batch=4, batch_size=8, heldout_fraction=0.1, seed=0, device="cpu",
+            num_threads=args.threads, end_state=True,
+            base_model="SmolLM2-135M-Instruct (Q4_1 GGUF, llama-cpp-python)",
+        )
+        result = train(cfg)
+        meta = result.model.config.metadata["training"]
+        out[key] = {"task": task, "checkpoint": str(ckpt), "seconds": meta["seconds_total"],
+                    "batches": meta["batches"], "train_samples": meta["train_samples"],
+                    "val_samples": meta["val_samples"], "validation": meta["val"],
+                    "layers": args.layers, "lr": args.lr, "passes": args.passes,
+                    "end_state": True, "threads": args.threads}
+        _save_state("train", out)
+    return out
+
+
+def _load(task: str, args: argparse.Namespace) -> Any:
+    from estimators.baselines import load_value_function
+
+    return load_value_function(str(_checkpoint(task, args)))
+
+
+def _words_so_far() -> Any:
+    """A cheap baseline for the ending task: minus the distance of the words so far to the
+    window's middle (what a user might try first)."""
+    from estimators.rewards import ending_window
+
+    lo, hi = ending_window(ending_spec())
+    mid = (lo + hi) / 2
+
+    class _Words:
+        description = "words-so-far"
+
+        def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+            return [-abs(len(c.split()) - mid) for c in completions]
+
+    return _Words()
+
+
+def phase_spearman(tasks: Sequence[str], args: argparse.Namespace, judge_endpoint: Any) -> dict[str, Any]:
+    """Held-out Spearman at half the completion: learned vs every cheap baseline."""
+    from estimators.baselines import PrefixRewardValue
+    from estimators.evaluate import spearman, values_at
+
+    out = _state("spearman")
+    for task in tasks:
+        if task in out:
+            continue
+        samples = read_samples(_scored_path(task, "heldout")).samples
+        rewards = [float(s.reward) for s in samples]
+        learned = _load(task, args)
+        tok = learned.tokenizer
+        rows: dict[str, Any] = {}
+        start = time.perf_counter()
+        rows["learned"] = {"spearman@0.5": spearman(values_at(learned, samples, tok, 0.5), rewards),
+                           "seconds": round(time.perf_counter() - start, 1), "judge_calls": 0}
+        baselines: dict[str, Any] = {"prefix_reward": make_reward(task, judge_endpoint)}
+        if task != "sentiment":
+            baselines["vader_prefix"] = make_reward("sentiment", None)
+        if task == "ending":
+            baselines["words_so_far"] = _words_so_far()
+        for name, reward in baselines.items():
+            start = time.perf_counter()
+            vals = values_at(PrefixRewardValue(reward), samples, tok, 0.5)
+            rows[name] = {"spearman@0.5": spearman(vals, rewards),
+                          "seconds": round(time.perf_counter() - start, 1),
+                          "judge_calls": judge_usage(reward)["calls"]}
+        cheap = {k: v for k, v in rows.items() if k != "learned" and v["judge_calls"] == 0}
+        best = max(cheap, key=lambda k: rows[k]["spearman@0.5"])
+        out[task] = {"n": len(samples), "rows": rows, "best_cheap_baseline": best,
+                     "learned_minus_best_cheap": rows["learned"]["spearman@0.5"] - rows[best]["spearman@0.5"]}
+        _save_state("spearman", out)
+    return out
+
+
+# --- steering -------------------------------------------------------------------------------
+
+def _prompts_of(samples: Sequence[Sample]) -> list[Any]:
+    seen: dict[str, Any] = {}
+    for s in samples:
+        seen.setdefault(prompt_key(s.prompt), s.prompt)
+    return list(seen.values())
+
+
+def validation_prompts(task: str) -> list[Any]:
+    """The validation split of the training prompts, as the trainer draws it (seed 0)."""
+    from estimators.train import split_by_prompt
+
+    _, val = split_by_prompt(read_samples(_scored_path(task, "train")).samples, 0.1, 0)
+    return _prompts_of(val)
+
+
+def run_vas(client: Any, model: str, prompts: Sequence[Any], rewards: dict[str, Any], *,
+            per_prompt: int, max_tokens: int, seed: int, label: str, **vas: Any) -> dict[str, Any]:
+    """VAS responses for each prompt, scored by each true reward (judge calls counted apart
+    from the generation's own calls), with their costs."""
+    from tqdm import tqdm
+
+    from estimators.rewards import compute_rewards
+
+    texts, calls, billed, wall = [], 0, 0, 0.0
+    for i, messages in enumerate(tqdm(prompts, desc=label, file=sys.stderr, leave=False)):
+        for j in range(per_prompt):
+            resp = client.chat.completions.create(model=model, messages=messages,
+                                                  max_tokens=max_tokens,
+                                                  seed=seed * 1_000_003 + i * 101 + j, **vas)
+            texts.append(resp.choices[0].message.content or "")
+            calls += resp.vas.api_calls
+            billed += resp.vas.usage.prompt_tokens + resp.vas.usage.completion_tokens
+            wall += resp.vas.time_total_s
+    n = len(texts)
+    row: dict[str, Any] = {"label": label, "responses": n, "api_calls_per_response": calls / n,
+                           "billed_tokens_per_response": billed / n, "wall_s_per_response": wall / n}
+    for name, reward in rewards.items():
+        before = judge_usage(reward)["calls"]
+        scores = compute_rewards(reward, [""] * n, texts)
+        row[name] = {"mean_reward": statistics.fmean(scores), "sem_reward": sem_of(scores),
+                     "scoring_judge_calls_per_response": (judge_usage(reward)["calls"] - before) / n,
+                     "rewards": [round(r, 4) for r in scores]}
+    row["texts"] = texts
+    return row
+
+
+def best_of(samples: Sequence[Sample], n: int, judge_cost: dict[str, float] | None) -> dict[str, Any]:
+    """Best-of-n with the true reward from the first n held-out samples of each prompt."""
+    by_prompt: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_prompt.setdefault(prompt_key(s.prompt), []).append(s)
+    best, billed = [], 0
+    for group in by_prompt.values():
+        pool = group[:n]
+        best.append(max(float(s.reward) for s in pool))
+        billed += sum(int(s.usage.get("prompt_tokens", 0)) + int(s.usage.get("completion_tokens", 0))
+                      for s in pool)
+    per_prompt = billed / len(best)
+    judge_tokens = n * judge_cost["tokens_per_call"] if judge_cost else 0.0
+    return {"label": f"best-of-{n}", "responses": len(best), "mean_reward": statistics.fmean(best),
+            "sem_reward": sem_of(best), "base_billed_tokens_per_response": per_prompt,
+            "judge_calls_per_response": n if judge_cost else 0,
+            "billed_tokens_per_response": per_prompt + judge_tokens}
+
+
+def phase_steer(tasks: Sequence[str], args: argparse.Namespace, server: Any, judge_endpoint: Any) -> dict[str, Any]:
+    """Pick beta on validation prompts, then held-out VAS vs base and Best-of-N."""
+    from estimators.collect import as_prompt
+
+    out = _state("steer")
+    score = _state("score")
+    heldout = [as_prompt(ln) for ln in (PROMPTS / "heldout_prompts.txt").read_text().splitlines() if ln.strip()]
+    for task in tasks:
+        if task in out:
+            continue
+        value = _load(task, args)
+        reward = make_reward(task, judge_endpoint)
+        client = server.wrap(value_model=value, mode=args.mode, k=20)
+        val_prompts = validation_prompts(task)
+        sweep = {}
+        for beta in args.betas:
+            row = run_vas(client, server.model, val_prompts, {task: reward}, per_prompt=1,
+                          max_tokens=args.max_tokens, seed=7, label=f"{task} val beta={beta:g}",
+                          beta=beta)
+            sweep[f"{beta:g}"] = {"mean_reward": row[task]["mean_reward"],
+                                  "sem_reward": row[task]["sem_reward"],
+                                  "responses": row["responses"],
+                                  "billed_tokens_per_response": row["billed_tokens_per_response"]}
+        best_beta = max(args.betas, key=lambda b: sweep[f"{b:g}"]["mean_reward"])
+        vas_row = run_vas(client, server.model, heldout, {task: reward}, per_prompt=args.per_prompt,
+                          max_tokens=args.max_tokens, seed=11, label=f"{task} held-out beta={best_beta:g}",
+                          beta=best_beta)
+        held = read_samples(_scored_path(task, "heldout")).samples
+        judge_cost = None
+        if task == "judge":
+            j = score["judge/heldout"]["judge"]
+            judge_cost = {"tokens_per_call": (j["prompt_tokens"] + j["completion_tokens"]) / max(1, j["calls"])}
+        base = [float(s.reward) for s in held]
+        base_billed = statistics.fmean(int(s.usage.get("prompt_tokens", 0)) + int(s.usage.get("completion_tokens", 0))
+                                       for s in held)
+        out[task] = {
+            "beta_chosen_on_validation": best_beta, "validation_sweep": sweep,
+            "vas": vas_row,
+            "base": {"label": "base", "responses": len(base), "mean_reward": statistics.fmean(base),
+                     "sem_reward": sem_of(base), "billed_tokens_per_response": base_billed},
+            "best_of_8": best_of(held, 8, judge_cost), "best_of_16": best_of(held, 16, judge_cost),
+            "judge_cost": judge_cost,
+        }
+        _save_state("steer", out)
+    return out
+
+
+def phase_compose(args: argparse.Namespace, server: Any, judge_endpoint: Any) -> dict[str, Any]:
+    """Judge + ending value models with their own betas: the trade-off curve (held-out)."""
+    from estimators.collect import as_prompt
+
+    out = _state("compose")
+    lines = [ln for ln in (PROMPTS / "heldout_prompts.txt").read_text().splitlines() if ln.strip()]
+    prompts = [as_prompt(ln) for ln in lines[: args.compose_prompts]]
+    models = [_load("judge", args), _load("ending", args)]
+    rewards = {"judge": make_reward("judge", judge_endpoint), "ending": make_reward("ending", None)}
+    client = server.wrap(value_model=models, mode=args.mode, k=20)
+    top = max(args.betas)
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        betas = (round(top * (1 - frac), 3), round(top * frac, 3))
+        key = f"{betas[0]:g},{betas[1]:g}"
+        if key in out.get("points", {}):
+            continue
+        row = run_vas(client, server.model, prompts, rewards, per_prompt=1,
+                      max_tokens=args.max_tokens, seed=13, label=f"compose {key}", beta=list(betas))
+        out.setdefault("points", {})[key] = {"beta_judge": betas[0], "beta_ending": betas[1], **row}
+        _save_state("compose", out)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--phase", action="append", choices=PHASES, help="run only these phases")
+    ap.add_argument("--task", action="append", choices=TASKS, help="only these tasks")
+    ap.add_argument("--n-train", type=int, default=8)
+    ap.add_argument("--n-heldout", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--passes", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--mode", default="speculative")
+    ap.add_argument("--betas", type=float, nargs="+", default=[2.0, 4.0, 8.0])
+    ap.add_argument("--per-prompt", type=int, default=1, help="held-out VAS responses per prompt")
+    ap.add_argument("--compose-prompts", type=int, default=16)
+    ap.add_argument("--note", action="append", default=[])
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    phases = args.phase or list(PHASES)
+    tasks = args.task or list(TASKS)
+    DATA.mkdir(parents=True, exist_ok=True)
+
+    if "data" in phases:
+        phase_data(args)
+    from vas_api.local import LocalServer
+
+    with LocalServer(n_threads=1) as server:
+        judge_endpoint = (server.client(max_retries=2, timeout=300), server.model)
+        if "score" in phases:
+            phase_score(tasks, judge_endpoint)
+        if "train" in phases:
+            phase_train(tasks, args)
+        if "spearman" in phases:
+            phase_spearman(tasks, args, judge_endpoint)
+        if "steer" in phases:
+            phase_steer(tasks, args, server, judge_endpoint)
+        if "compose" in phases and {"judge", "ending"} <= set(tasks):
+            phase_compose(args, server, judge_endpoint)
+    report(args)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Assemble the results JSON from the cached phases; print the headline table."""
+    sp, st, tr = _state("spearman"), _state("steer"), _state("train")
+    payload: dict[str, Any] = {
+        "benchmark": "values_benchmark", "machine_detail": machine(),
+        "base_model": "SmolLM2-135M-Instruct (Q4_1 GGUF, llama-cpp-python)",
+        "data": _state("data"), "scoring": _state("score"), "training": tr,
+        "spearman_at_half": sp, "steering": st, "composition": _state("compose"),
+        "notes": args.note,
+    }
+    if "ending" in sp:
+        payload["lookahead_spearman_learned_minus_best_baseline"] = sp["ending"]["learned_minus_best_cheap"]
+    if "judge" in st:
+        j = st["judge"]
+        payload["judge_vas_minus_bon8"] = j["vas"]["judge"]["mean_reward"] - j["best_of_8"]["mean_reward"]
+        payload["judge_vas_billed_tokens_per_response"] = j["vas"]["billed_tokens_per_response"]
+        payload["judge_bon8_billed_tokens_per_response"] = j["best_of_8"]["billed_tokens_per_response"]
+    path = write_result("values_benchmark", payload)
+    print(json.dumps({k: v for k, v in payload.items() if not isinstance(v, dict | list)}, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
