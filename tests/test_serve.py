@@ -252,31 +252,36 @@ def test_errors_come_in_openai_format_with_their_status(fake_url):
 
 
 def test_a_key_budget_is_never_exceeded_by_concurrent_requests():
-    """A token cap that fits a few requests: of 12 at once, some finish, the rest get 429
-    insufficient_quota, and the key's spend (and the responses' usage) stays within the cap."""
-    cap = 400
-    app = fake_app(keys=[KeySpec(KEY, max_tokens=cap)], max_concurrency=32)
+    """A token cap that fits about three requests: of 12 sent at once (two generating at a
+    time), some finish, the rest get 429 insufficient_quota, and the key's spend (and the
+    responses' usage) stays within the cap."""
+    app = fake_app(keys=[KeySpec(KEY2), KeySpec(KEY, max_tokens=10**9)], max_concurrency=2)
     budget = app.state.vas.budgets[KEY]
 
-    async def main(url):
-        client = openai.AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0)
+    async def send(url, key, n):
+        client = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0)
+
         async def one(i):
             try:
-                return await client.completions.create(model="fake", prompt=f"Item {i}:", max_tokens=8,
+                return await client.completions.create(model="fake", prompt=f"Item {i}:", max_tokens=8, seed=i,
                                                        extra_body={"vas": {"beta": {"good": 1}}})
             except openai.RateLimitError as e:
                 assert e.body["type"] == "insufficient_quota"
                 return None
-        out = await asyncio.gather(*(one(i) for i in range(12)))
+        out = await asyncio.gather(*(one(i) for i in range(n)))
         await client.close()
         return out
 
     with serving(app) as url:
-        results = asyncio.run(main(url))
+        sizes = [r.usage.total_tokens for r in asyncio.run(send(url, KEY2, 12))]  # uncapped key
+        budget.max_tokens = cap = 3 * max(sizes)  # before any request of this key
+        results = asyncio.run(send(url, KEY, 12))
+        seen = httpx.get(url.removesuffix("/v1") + "/vas/usage", headers={"Authorization": f"Bearer {KEY}"}).json()
     done = [r for r in results if r is not None]
-    assert done and len(done) < len(results)
+    assert 2 <= len(done) < len(results)  # the first two in flight always fit
     assert sum(r.usage.total_tokens for r in done) <= budget.spent_tokens <= cap
     assert budget.reserved_tokens == 0
+    assert seen["spent_tokens"] == budget.spent_tokens and seen["max_tokens"] == cap
 
 
 class Gated(AsyncFakeProvider):

@@ -325,6 +325,12 @@ def create_app(config: ServeConfig, *, client: Any = None) -> FastAPI:
             "auth": bool(config.keys),
         }
 
+    @app.get("/vas/usage")
+    async def usage(request: Request) -> dict[str, Any]:
+        # The caller's own key: what it has spent against its caps (never other keys').
+        key_id, budget = state.authorize(request)
+        return {"key": key_id, **budget.summary(), "reserved_tokens": budget.reserved_tokens}
+
     async def generate(request: Request, kind: str):
         start = time.perf_counter()
         path = request.url.path
