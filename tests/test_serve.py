@@ -438,3 +438,17 @@ def test_an_unreachable_upstream_is_a_502():
     with serving(app) as url, httpx.Client(timeout=120) as http:
         r = http.post(f"{url}/completions", json={"model": "m", "prompt": "x", "max_tokens": 2})
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable", r.text
+
+
+def test_a_stream_closed_early_gives_its_slot_back():
+    app = fake_app(max_concurrency=1, queue_timeout_s=30)
+    body = {"model": "fake", "prompt": "Say:", "max_tokens": 16, "stream": True, "vas": {"mode": "token"}}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with serving(app) as url, httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+        with http.stream("POST", "/completions", json=body) as r:
+            assert r.status_code == 200
+            first = next(line for line in r.iter_lines() if line.startswith("data: "))
+            assert json.loads(first.removeprefix("data: "))["object"] == "text_completion"
+        # the client went away after one event: the only slot must come back for the next one
+        again = http.post("/completions", json={**body, "stream": False})
+        assert again.status_code == 200, again.text
