@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,41 @@ def serve_in_thread(app: object) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+class Recorder:
+    """ASGI middleware that keeps the request and response bodies of one path, as sent.
+
+    Chromium keeps no body of a streamed (text/event-stream) response for playwright to read,
+    so the test reads what the server sent here, on the wire side, without changing it.
+
+    Attributes:
+        exchanges: (request body, response body) per finished request, in finishing order.
+    """
+
+    def __init__(self, app: object, path: str) -> None:
+        self.app, self.path = app, path
+        self.exchanges: list[tuple[bytes, bytes]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        request, response = bytearray(), bytearray()
+
+        async def recv() -> dict[str, Any]:
+            message = await receive()
+            if message["type"] == "http.request":
+                request.extend(message.get("body", b""))
+            return message
+
+        async def snd(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                response.extend(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, recv, snd)
+        self.exchanges.append((bytes(request), bytes(response)))
 
 
 def chromium_path() -> str:
