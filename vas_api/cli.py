@@ -19,7 +19,7 @@ def _register() -> None:
     # Importing a module registers its commands on `app`.
     import importlib
 
-    for name in ("local", "estimators", "generate", "demo", "batch"):
+    for name in ("local", "estimators", "generate", "demo", "batch", "serve"):
         try:
             importlib.import_module(f"vas_api.commands.{name}")
         except ModuleNotFoundError as exc:  # a command module not written yet

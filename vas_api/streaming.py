@@ -193,6 +193,11 @@ class _StreamBase:
         """The VASReport, once the stream has ended (None before)."""
         return self._state.report
 
+    def steps(self, index: int) -> list[Any]:
+        """The tokens choice `index` has committed so far (`vas_api.sampler.core.Step`, with
+        their value shifts): what a server adds to its chunks so a page can shade as it streams."""
+        return list(self._samplers[index].steps)
+
 
 class VASStream(_StreamBase, Generic[_T]):
     """A synchronous stream of chunks, like the SDK's `openai.Stream`.
