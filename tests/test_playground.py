@@ -154,10 +154,13 @@ def test_playground_streams_base_and_vas_side_by_side(app_url, browser, tmp_path
 
 def test_playground_shows_the_servers_error_in_the_pane(app_url, browser):
     # No key: the server answers 401 with an OpenAI error body, and each pane shows its message.
+    # (A wrong key gets the same 401; the point here is the page's error path.)
     page = browser.new_page()
     page.goto(app_url[0] + "/")
     page.locator(".beta-slider").first.wait_for()
-    page.evaluate("localStorage.clear()")
+    page.fill("#key", "wrong-key-kept")
+    page.reload()  # the key field survives a reload (localStorage), so a user types it once
+    assert page.input_value("#key") == "wrong-key-kept"
     page.fill("#key", "")
     page.click("#run")
     page.wait_for_selector("#base-out[data-done='1']")
