@@ -4,7 +4,8 @@ playwright) against the real app on the real local model.
 The page loads its sliders from /vas/info; one Run streams a base answer (every beta 0) and a VAS
 answer (the sliders' betas) side by side. The claims are relations: the page sends the betas the
 sliders show, shows exactly the text and shifts the server streamed, shades no token at beta 0,
-and shows the final chunk's cost. Set VAS_SCREENSHOT=1 to save the screenshot the README shows
+and shows the final chunk's cost; a refused request (no key, a spent budget) shows the server's
+error message in the pane. Set VAS_SCREENSHOT=1 to save the screenshot the README shows
 (docs/playground.png); otherwise it goes to tmp_path, so tests never dirty the repo.
 """
 
@@ -21,6 +22,7 @@ from tests.browser import Recorder, launch_browser, serve_in_thread
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 KEY = "playground-test-key"
+SPENT_KEY = "playground-spent-key"  # a budget of one billed token: any answer overspends it
 DOCS_SHOT = Path(__file__).resolve().parent.parent / "docs" / "playground.png"
 PROMPT = "Describe a day at the beach in two sentences."
 
@@ -40,7 +42,7 @@ def app_url(local_server):
         model=local_server.model,
         values=[ValueSpec("sentiment", "reward:vader"),
                 ValueSpec("sunny", "reward:keyword:words=sun|sunny|sunshine|warm")],
-        keys=[KeySpec(KEY)],
+        keys=[KeySpec(KEY), KeySpec(SPENT_KEY, max_tokens=1)],
         chat_template=str(local_server.gguf_path),
         profile=local_server.profile,
     )
@@ -79,6 +81,14 @@ def _streamed(body: bytes) -> tuple[str, list[float], dict]:
         if "vas" in chunk:
             final = chunk
     return text, shifts, final
+
+
+def _error_of(body: bytes) -> dict:
+    """The OpenAI error object of a refused request (a JSON body) or of a stream's last event."""
+    if body.startswith(b"{"):
+        return json.loads(body)["error"]
+    events = [line[5:] for line in body.decode().splitlines() if line.startswith("data:")]
+    return json.loads(events[-1])["error"]
 
 
 def test_playground_streams_base_and_vas_side_by_side(app_url, browser, tmp_path):
@@ -170,4 +180,27 @@ def test_playground_shows_the_servers_error_in_the_pane(app_url, browser):
         assert err.count() == 1
         assert err.inner_text().startswith("error: ") and len(err.inner_text()) > len("error: ")
     assert page.inner_text("#vas-cost") == ""
+    page.close()
+
+
+def test_playground_shows_a_spent_budget_in_the_pane(app_url, browser):
+    # Whether the server refuses up front (429; what it does today, as the first call's
+    # reservation already exceeds the cap) or ends the stream with an error event, the pane
+    # shows the budget error's message.
+    url, recorder = app_url
+    page = browser.new_page()
+    seen = len(recorder.exchanges)
+    page.goto(url + "/")
+    page.locator(".beta-slider").first.wait_for()
+    page.fill("#key", SPENT_KEY)
+    page.fill("#max-tokens", "8")
+    page.click("#run")
+    page.wait_for_selector("#base-out[data-done='1']")
+    page.wait_for_selector("#vas-out[data-done='1']")
+    for pane in ("base", "vas"):
+        err = page.locator(f"#{pane}-out .error")
+        assert err.count() == 1, page.inner_text(f"#{pane}-out")
+        assert "budget" in err.inner_text().lower()
+    sent = recorder.exchanges[seen:]
+    assert len(sent) == 2 and all(_error_of(body)["type"] == "insufficient_quota" for _, body in sent)
     page.close()
