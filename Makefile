@@ -19,7 +19,7 @@ LLAMA_WHEEL_STAMP := $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_BMI2=ON -DGGML_AVX512=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: demo test lint setup clean-venv llama-server
+.PHONY: demo test lint setup clean-venv llama-server chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,7 +51,23 @@ demo: $(STAMP)
 llama-server: $(STAMP)
 	$(BIN)/python tools/llama_server.py
 
-test: $(STAMP) llama-server
+# The playground test drives a real headless browser. No browser build can be downloaded here
+# (`playwright install` fetches one), so playwright runs Debian's chromium: installed by apt when
+# /usr/bin/chromium is missing and we are root, otherwise a message says what to run (and the
+# target fails, since the test would fail anyway: tests run for real, not skipped).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "Installing Debian's chromium for the playground test..."; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else \
+			echo "The playground test needs chromium: run 'sudo apt-get install -y chromium chromium-driver'"; \
+			exit 1; \
+		fi; \
+	fi
+
+test: $(STAMP) llama-server chromium
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
