@@ -268,3 +268,31 @@ def test_the_judge_on_the_local_server(local_server, openai_client):
         openai_client, local_server.model, Q, endpoint="completions", chat_template=str(local_server.gguf_path)
     )
     assert legacy([PROMPT] * 3, texts) == pytest.approx(values, abs=0.02)
+
+
+@pytest.mark.integration
+def test_a_spec_without_base_url_uses_the_embedded_server(local_server, monkeypatch):
+    import vas_api.local
+
+    started = []
+
+    class Shared:  # the session's server stands in for the one the judge would start
+        model, gguf_path = local_server.model, local_server.gguf_path
+
+        def start(self):
+            started.append(True)
+            return self
+
+        def client(self, **kw):
+            return local_server.client(**kw)
+
+        def stop(self):
+            started.append(False)
+
+    monkeypatch.setattr(vas_api.local, "LocalServer", Shared)
+    r = build_reward(f'judge:"{Q}"')
+    assert not started  # nothing starts before the first call
+    with r:
+        (value,) = r([PROMPT], ["Bright and cheap. Buy it."])
+        assert 0.0 <= value <= 1.0 and r.model == local_server.model and r.usage.calls == 1
+    assert started == [True, False]
