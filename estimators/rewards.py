@@ -8,9 +8,13 @@ checkpoint that stores it can rebuild its reward.
 Spec strings (the CLI's `--reward`):
     vader                               VADER compound sentiment of the completion, in [-1, 1]
     length:target=50,unit=words         -min(1, |n - target| / target), in [-1, 0]
+    ending:min_words=25,max_words=35    1 for a response of 25 to 35 words that ends on a
+                                        finished sentence, less outside (see EndingReward)
     keyword:words=great|love,mode=any   1 if a keyword occurs as a whole word (mode=count: count)
     regex:pattern="\\bthanks?\\b",ignore_case=true
     hf:path/or/name                     a Hugging Face sequence-classification reward model
+    judge:question="Is it polite?"      P(yes) of an LLM asked about the finished response,
+                                        through an OpenAI-compatible API (estimators.judge)
     py:package.module.factory,k=v       any Reward returned by factory(k=v, ...)
     0.7*vader+0.3*length:target=40      a weighted sum of the above
 Values holding ',', '+' or quotes must be quoted ("..." or '...'); a value without `key=` is
@@ -33,6 +37,8 @@ __all__ = [
     "Reward",
     "VaderReward",
     "LengthReward",
+    "EndingReward",
+    "ends_on_sentence",
     "KeywordReward",
     "RegexReward",
     "HFReward",
@@ -137,6 +143,78 @@ class LengthReward:
             return len(text.split()) if self.unit == "words" else len(text)
 
         return [-min(1.0, abs(n(c) - self.target) / self.target) for c in completions]
+
+
+# What may follow the sentence's final mark: closing quotes, brackets and markdown emphasis.
+_CLOSERS = "\"'\u201d\u2019)]*_"
+_FINAL_MARKS = ".!?\u2026"  # . ! ? and the ellipsis character
+
+
+def ends_on_sentence(text: str) -> bool:
+    """True when `text` ends on a finished sentence: its last non-space character, after any
+    closing quotes, brackets or markdown emphasis (``"'”’)]*_``), is ``.``, ``!``, ``?`` or ``…``.
+    """
+    return text.rstrip().rstrip(_CLOSERS)[-1:] in tuple(_FINAL_MARKS)
+
+
+class EndingReward:
+    """A whole-response reward: between `min_words` and `max_words` words, ending on a finished
+    sentence (`ends_on_sentence`).
+
+    reward = length_score * (1 if the response ends on a finished sentence else `unfinished`),
+    where length_score is 1 inside the window and exp(-d / slack) at d words outside it. So a
+    finished response in the window scores 1, a response cut mid-sentence at most `unfinished`,
+    and every extra word away from the window lowers the score a little (graded, so rankings and
+    Spearman correlations mean something). Its value on a half-written response (the prefix
+    baseline) says little about the finished one: that is the point of this reward.
+
+    Args:
+        min_words: the fewest words (whitespace-separated) that count as in the window.
+        max_words: the most words that count as in the window.
+        slack: words outside the window over which the length score falls by a factor e.
+        unfinished: the factor for a response that does not end on a finished sentence, in
+            [0, 1] (0: such a response scores 0).
+
+    Raises:
+        ConfigError: a bound is not a positive number, min_words > max_words, slack <= 0, or
+            unfinished outside [0, 1].
+    """
+
+    def __init__(
+        self,
+        min_words: int = 25,
+        max_words: int = 35,
+        slack: float = 10.0,
+        unfinished: float = 0.5,
+    ) -> None:
+        for name, v in (("min_words", min_words), ("max_words", max_words)):
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"ending reward: {name} must be a positive number, got {v!r}")
+        if min_words > max_words:
+            raise ConfigError(
+                f"ending reward: min_words ({min_words}) must not exceed max_words ({max_words})"
+            )
+        if not (isinstance(slack, int | float) and math.isfinite(slack) and slack > 0):
+            raise ConfigError(f"ending reward: slack must be a positive number, got {slack!r}")
+        if not (isinstance(unfinished, int | float) and 0.0 <= unfinished <= 1.0):
+            raise ConfigError(f"ending reward: unfinished must be in [0, 1], got {unfinished!r}")
+        self.min_words, self.max_words = min_words, max_words
+        self.slack, self.unfinished = float(slack), float(unfinished)
+        self.description = _describe(
+            "ending",
+            {"min_words": min_words, "max_words": max_words, "slack": self.slack,
+             "unfinished": self.unfinished},
+        )
+
+    def score(self, completion: str) -> float:
+        """The reward of one completion (see the class docstring)."""
+        n = len(completion.split())
+        distance = max(0.0, self.min_words - n, n - self.max_words)
+        length_score = math.exp(-distance / self.slack)
+        return length_score * (1.0 if ends_on_sentence(completion) else self.unfinished)
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        return [self.score(c) for c in completions]
 
 
 class RegexReward:
@@ -289,6 +367,10 @@ class WeightedReward:
 # name -> (factory, name of the positional parameter or None)
 _REGISTRY: dict[str, tuple[Callable[..., Reward], str | None]] = {}
 
+# Rewards whose module registers them when first imported: a spec naming one imports it, so
+# `build_reward("judge:...")` works without importing estimators.judge (and openai) up front.
+_LAZY: dict[str, str] = {"judge": "estimators.judge"}
+
 
 def register_reward(
     name: str, factory: Callable[..., Reward], *, positional: str | None = None
@@ -307,8 +389,8 @@ def register_reward(
 
 
 def available_rewards() -> list[str]:
-    """The registered reward names."""
-    return sorted(_REGISTRY)
+    """The registered reward names (including those registered on first use)."""
+    return sorted(set(_REGISTRY) | set(_LAZY))
 
 
 def _python_reward(factory: str = "", **params: Any) -> Reward:
@@ -329,6 +411,7 @@ def _python_reward(factory: str = "", **params: Any) -> Reward:
 
 register_reward("vader", VaderReward)
 register_reward("length", LengthReward, positional="target")
+register_reward("ending", EndingReward)
 register_reward("regex", RegexReward, positional="pattern")
 register_reward("keyword", KeywordReward, positional="words")
 register_reward("hf", HFReward, positional="path")
@@ -360,6 +443,8 @@ def build_reward(spec: str) -> Reward:
 def _build_term(term: str) -> Reward:
     name, _, rest = term.strip().partition(":")
     name = name.strip().lower()
+    if name not in _REGISTRY and name in _LAZY:
+        importlib.import_module(_LAZY[name])  # registers `name`
     if name not in _REGISTRY:
         raise ConfigError(
             f"unknown reward {name!r} in {term!r}; known: {', '.join(available_rewards())}"

@@ -7,11 +7,13 @@ import math
 import pytest
 
 from estimators.rewards import (
+    EndingReward,
     HFReward,
     LengthReward,
     VaderReward,
     build_reward,
     compute_rewards,
+    ends_on_sentence,
 )
 from vas_api.errors import ConfigError, RewardError
 
@@ -51,10 +53,43 @@ def test_weighted_composition_is_the_weighted_sum():
     assert combo(P[:2], texts) == pytest.approx(expected)
 
 
+def words(n: int, end: str = ".") -> str:
+    return " ".join(["word"] * n) + end
+
+
+def test_ending_reward_hand_cases():
+    r = EndingReward(min_words=25, max_words=35, slack=10, unfinished=0.5)
+    inside = [words(25), words(30, "!"), words(35, "?"), words(30, '."'), words(30, ".**"), words(30, "...")]
+    assert r(P[:1] * len(inside), inside) == [1.0] * len(inside)
+    assert r.score(words(30, "")) == 0.5 and r.score(words(30, ",")) == 0.5  # mid-sentence
+    assert r.score(words(45)) == pytest.approx(math.exp(-1))  # 10 words over
+    assert r.score(words(20)) == pytest.approx(math.exp(-0.5))  # 5 words under
+    assert r.score(words(20, "")) == pytest.approx(0.5 * math.exp(-0.5))
+    assert r.score("") == pytest.approx(0.5 * math.exp(-2.5))
+    assert EndingReward(25, 35, unfinished=0).score(words(30, " and")) == 0.0
+
+
+def test_ending_reward_falls_with_each_word_outside_the_window():
+    r = EndingReward(min_words=10, max_words=12)
+    scores = [r.score(words(n)) for n in range(1, 40)]
+    assert scores[9:12] == [1.0, 1.0, 1.0]
+    assert all(a < b for a, b in zip(scores[:9], scores[1:10], strict=True))
+    assert all(a > b for a, b in zip(scores[11:-1], scores[12:], strict=True))
+    # finished beats unfinished at every length
+    assert all(r.score(words(n)) > r.score(words(n, "")) for n in range(1, 40))
+
+
+def test_what_counts_as_a_finished_sentence():
+    assert all(ends_on_sentence(t) for t in ["Done.", "Really?  \n", "Wow!)", "He said \u201cyes.\u201d", "Hm\u2026"])
+    assert not any(ends_on_sentence(t) for t in ["", "   ", "and then", "Best regards,", "Note:", "(see"])
+
+
 @pytest.mark.parametrize(
     "spec",
     ["vader", "length:target=40", "length:40", "0.7*vader+0.3*length:target=40,unit=chars",
-     "regex:pattern=\"x,y+z\",ignore_case=true", "keyword:great|fine", "-1*vader"],
+     "regex:pattern=\"x,y+z\",ignore_case=true", "keyword:great|fine", "-1*vader",
+     "ending:min_words=25,max_words=35", "ending:min_words=3,max_words=3,slack=2.5,unfinished=0",
+     "0.5*vader+0.5*ending:min_words=1,max_words=4"],
 )
 def test_descriptions_rebuild_the_same_reward(spec):
     reward = build_reward(spec)
@@ -68,7 +103,8 @@ def test_descriptions_rebuild_the_same_reward(spec):
     "spec, match",
     [("sentiment", "unknown reward"), ("length:target=abc", "target"), ("length:size=3", "no parameter"),
      ("regex:pattern=\"(\"", "bad pattern"), ("vader+", "empty part"), ("regex:'abc", "unclosed"),
-     ("", "empty"), ("length:target=-3", "positive")],
+     ("", "empty"), ("length:target=-3", "positive"), ("ending:min_words=9,max_words=5", "exceed"),
+     ("ending:min_words=0", "positive"), ("ending:slack=0", "slack"), ("ending:unfinished=2", r"\[0, 1\]")],
 )
 def test_bad_specs_say_what_is_wrong(spec, match):
     with pytest.raises(ConfigError, match=match):
