@@ -17,9 +17,12 @@ the old Llama SentencePiece ones, fail the check and simply keep a longer tail: 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedTokenizerBase
+
+from vas_api.errors import ValueModelError
+from vas_api.types import END_OF_TEXT
 
 __all__ = ["TextEncoder", "PrefixTokens", "common_prefix_len"]
 
@@ -50,10 +53,22 @@ class TextEncoder:
     ids(text) = the special tokens the tokenizer puts in front of every text (e.g. a BOS; none
     for SmolLM2), then the text's own tokens. Trailing specials (an EOS some tokenizers append)
     are left out: V scores an unfinished prefix.
+
+    A text that ends with `vas_api.types.END_OF_TEXT` (a finished response) is the text's ids
+    followed by the end id (`end_id()`, the tokenizer's EOS for a model with an end state); the
+    marker itself is never tokenized. The marker anywhere else, or with no end id, is refused.
+
+    Args:
+        tokenizer: the fast tokenizer.
+        end_id: returns the id that ends a finished text, or None (no end state); asked only
+            when a text carries the marker.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, end_id: Callable[[], int | None] | None = None
+    ) -> None:
         self.tokenizer = tokenizer
+        self._end_id = end_id
         self.lead: list[int] = _leading_special_ids(tokenizer)
         specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
         specials.update(
@@ -65,7 +80,34 @@ class TextEncoder:
         """Ids of each text without any added special tokens."""
         if not texts:
             return []
-        return list(self.tokenizer(list(texts), add_special_tokens=False)["input_ids"])
+        ended = [self._ends(t) for t in texts]
+        plain = [t[: -len(END_OF_TEXT)] if e else t for t, e in zip(texts, ended, strict=True)]
+        ids = list(self.tokenizer(plain, add_special_tokens=False)["input_ids"])
+        if not any(ended):
+            return ids
+        end = self._end()
+        return [list(i) + [end] if e else i for i, e in zip(ids, ended, strict=True)]
+
+    def _ends(self, text: str) -> bool:
+        """Whether `text` is a finished one (ends with the marker, which occurs nowhere else)."""
+        at = text.find(END_OF_TEXT)
+        if at < 0:
+            return False
+        if at != len(text) - len(END_OF_TEXT):
+            raise ValueModelError(
+                "a text holds the end-of-text marker (vas_api.END_OF_TEXT) before its end; "
+                "the marker may only end a finished text."
+            )
+        return True
+
+    def _end(self) -> int:
+        end = self._end_id() if self._end_id is not None else None
+        if end is None:
+            raise ValueModelError(
+                "a text ends with the end-of-text marker (vas_api.END_OF_TEXT) but this value "
+                "model has no end state (trained without end_state); score the text without it."
+            )
+        return int(end)
 
     def encode(self, text: str) -> list[int]:
         """ids(text): lead specials + the text's tokens."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vas_api.errors import CheckpointError, ConfigError, ValueModelError
+from vas_api.types import END_OF_TEXT
 
 from .prompt_format import DEFAULT_FORMAT, PromptFormat
 from .rewards import Reward, build_reward, compute_rewards
@@ -89,7 +90,9 @@ class PrefixRewardValue:
     """V(text) = reward(prompt, response so far): the reward-guided-search baseline.
 
     Free when the reward is cheap (VADER: ~0.35 ms a text); myopic, since a half-written
-    response is scored as if it were finished.
+    response is scored as if it were finished. A finished text (ending with
+    `vas_api.END_OF_TEXT`) gets the reward of the text without the marker, so it has no
+    `scores_end_of_text` flag: the marker would change nothing.
 
     Args:
         reward: a Reward or a reward spec string ("vader", "length:target=40", ...).
@@ -136,6 +139,8 @@ class PrefixRewardValue:
             pairs = [(t[:n], t[n:]) for t, n in zip(texts, prompt_lens, strict=True)]
         else:
             pairs = [self.split(t) for t in texts]
+        # A finished text's reward is the reward of its text (the marker is no text).
+        pairs = [(p, c[: -len(END_OF_TEXT)] if c.endswith(END_OF_TEXT) else c) for p, c in pairs]
         return compute_rewards(self.reward, [p for p, _ in pairs], [c for _, c in pairs])
 
     def score_candidates(
@@ -168,6 +173,11 @@ class ResidualValueModel(torch.nn.Module):
     @property
     def tokenizer(self) -> Any:
         return self.model.tokenizer
+
+    @property
+    def scores_end_of_text(self) -> bool:
+        """The correction model's end state decides (the baseline strips the marker)."""
+        return self.model.scores_end_of_text
 
     @property
     def config(self) -> Any:

@@ -8,6 +8,10 @@ ends) or, for one without, the base's rendered prompt text:
 - mse@f: mean of (V - R)^2 over samples (how well V predicts the reward it will get);
 - spearman@f: Spearman rank correlation between V and R over samples.
 The headline numbers `mse` and `spearman` are those at f = 0.5 ("half the completion").
+f = "end" scores the end state: V(text + END_OF_TEXT) for a sample the base finished
+(finish_reason "stop"), V(text) for one cut at max_tokens; a value function without
+`scores_end_of_text` sees the text without the marker (as the sampler gives it), so its "end"
+figures equal f = 1. A model trained with end states learns R there.
 At f = 1 a reward-on-the-prefix baseline is exact by construction; at f = 0 every sample of a
 prompt shares one state, so only the prompts are ranked.
 """
@@ -19,15 +23,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vas_api.errors import DataError
-from vas_api.types import ValueFunction
+from vas_api.types import END_OF_TEXT, ValueFunction
+from vas_api.value_binding import text_for
 
 from .data import Sample
 from .prompt_format import prompt_text_for, values_for
 from .states import split_states
 
-__all__ = ["spearman", "evaluate_value", "values_at", "metrics_of", "json_safe", "DEFAULT_FRACTIONS"]
+__all__ = ["END", "spearman", "evaluate_value", "values_at", "metrics_of", "json_safe", "DEFAULT_FRACTIONS"]
 
 DEFAULT_FRACTIONS = (0.0, 0.5, 1.0)
+
+END = "end"
+"""The fraction that names the end state (see the module docstring)."""
+
+Fraction = float | str
+
+
+def _key(fraction: Fraction) -> str:
+    return fraction if isinstance(fraction, str) else f"{fraction:g}"
 
 
 def _ranks(values: Sequence[float]) -> list[float]:
@@ -75,7 +89,7 @@ def values_at(
     value_fn: ValueFunction,
     samples: Sequence[Sample],
     tokenizer: Any,
-    fraction: float,
+    fraction: Fraction,
     *,
     batch_size: int = 32,
     splits: Sequence[Any] | None = None,
@@ -86,7 +100,8 @@ def values_at(
         value_fn: anything with `values(texts)`.
         samples: the samples (rewards not needed).
         tokenizer: the fast tokenizer that defines the states.
-        fraction: 0 = the prompt alone, 0.5 = half the completion, 1 = the finished text.
+        fraction: 0 = the prompt alone, 0.5 = half the completion, 1 = the finished text,
+            "end" = the end state (text + END_OF_TEXT for finished samples).
         batch_size: texts per `values` call.
         splits: precomputed `split_states` of the samples on the value function's prompt texts
             (optional).
@@ -95,15 +110,22 @@ def values_at(
         One float per sample.
 
     Raises:
-        DataError: the value function returned the wrong number of values.
+        DataError: the value function returned the wrong number of values, or `fraction` is
+            neither a number nor "end".
     """
+    if isinstance(fraction, str) and fraction != END:
+        raise DataError(f'a fraction is a number in [0, 1] or "end", not {fraction!r}')
     prompts = [prompt_text_for(value_fn, s.prompt, s.prompt_text) for s in samples]
     if splits is None:
         splits = [split_states(tokenizer, p, s.completion) for p, s in zip(prompts, samples, strict=True)]
-    responses = [
-        s.completion[: sp.ends[sp.state_at(fraction)]] if sp else ""
-        for s, sp in zip(samples, splits, strict=True)
-    ]
+    if fraction == END:
+        responses = [text_for(value_fn, s.completion + (END_OF_TEXT if s.finish_reason == "stop" else ""))
+                     for s in samples]
+    else:
+        responses = [
+            s.completion[: sp.ends[sp.state_at(fraction)]] if sp else ""  # type: ignore[arg-type]
+            for s, sp in zip(samples, splits, strict=True)
+        ]
     values: list[float] = []
     for i in range(0, len(samples), batch_size):
         part = slice(i, i + batch_size)
@@ -118,7 +140,7 @@ def evaluate_value(
     samples: Sequence[Sample],
     tokenizer: Any,
     *,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    fractions: Sequence[Fraction] = DEFAULT_FRACTIONS,
     batch_size: int = 32,
 ) -> dict[str, float]:
     """Held-out MSE and Spearman of a value function against the samples' final rewards.
@@ -128,7 +150,7 @@ def evaluate_value(
         samples: scored samples (each needs `reward`).
         tokenizer: the fast tokenizer that defines the states (the value model's; the same one
             for every value function being compared, so they are scored on the same texts).
-        fractions: fractions of the completion to score at.
+        fractions: fractions of the completion to score at ("end": the end state).
         batch_size: texts per `values` call.
 
     Returns:
@@ -150,7 +172,7 @@ def evaluate_value(
     return metrics_of(values, [float(s.reward) for s in samples])  # type: ignore[arg-type]
 
 
-def metrics_of(values: Mapping[float, Sequence[float]], rewards: Sequence[float]) -> dict[str, float]:
+def metrics_of(values: Mapping[Fraction, Sequence[float]], rewards: Sequence[float]) -> dict[str, float]:
     """The metrics of `evaluate_value` from values already computed: {fraction: one V per sample}.
 
     Lets a caller that also needs the values themselves (a bootstrap, a plot) score each state
@@ -158,8 +180,8 @@ def metrics_of(values: Mapping[float, Sequence[float]], rewards: Sequence[float]
     """
     metrics: dict[str, float] = {"n": float(len(rewards))}
     for f, vals in values.items():
-        metrics[f"mse@{f:g}"] = sum((v - r) ** 2 for v, r in zip(vals, rewards, strict=True)) / len(vals)
-        metrics[f"spearman@{f:g}"] = spearman(vals, rewards)
+        metrics[f"mse@{_key(f)}"] = sum((v - r) ** 2 for v, r in zip(vals, rewards, strict=True)) / len(vals)
+        metrics[f"spearman@{_key(f)}"] = spearman(vals, rewards)
     if 0.5 in values:
         metrics["mse"], metrics["spearman"] = metrics["mse@0.5"], metrics["spearman@0.5"]
     return metrics

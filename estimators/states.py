@@ -6,6 +6,11 @@ L + 1 states for a completion of L value-model tokens. The prompt/completion bou
 from the tokenizer's character offsets; a token that straddles the boundary (BPE merges across
 the join) counts as the first completion token.
 
+A finished sample (the base chose end of sequence) can have one more state, the *end state*:
+the ids + the EOS id (`split_states(..., end_id=...)`); V there learns the terminal reward, V of
+the state before it the value of going on. Fractions count completion tokens only, so the end
+state is never the state at any fraction (1 is the finished text without EOS).
+
 "Half the completion" is the state after the first floor(L / 2) completion tokens; in general
 the state at fraction f is the one after floor(f * L) tokens (f = 0: the prompt alone, f = 1:
 the finished text).
@@ -31,14 +36,17 @@ class StateSplit:
     Attributes:
         input_ids: value-model token ids of prompt_text + completion (possibly left-truncated).
         prompt_state: index of the token that ends the prompt (the first state).
-        ends: for each of the L + 1 states, how many characters of the completion it holds:
-            ends[0] = 0 (the prompt alone), ends[j] = end of completion token j, ends[L] =
-            len(completion). Non-decreasing.
+        ends: for each of the L + 1 states (L + 2 with the end state), how many characters of
+            the completion it holds: ends[0] = 0 (the prompt alone), ends[j] = end of
+            completion token j, ends[L] = len(completion) (and the end state's too).
+            Non-decreasing.
+        end_state: the last id is the EOS id and the last state the end state.
     """
 
     input_ids: tuple[int, ...]
     prompt_state: int
     ends: tuple[int, ...]
+    end_state: bool = False
 
     @property
     def num_states(self) -> int:
@@ -46,12 +54,13 @@ class StateSplit:
 
     def state_at(self, fraction: float) -> int:
         """The state index (0..L) after floor(fraction * L) completion tokens."""
-        completion_tokens = self.num_states - 1
+        completion_tokens = self.num_states - 1 - int(self.end_state)
         return int(fraction * completion_tokens)
 
 
 def split_states(
-    tokenizer: Any, prompt_text: str, completion: str, *, max_length: int | None = None
+    tokenizer: Any, prompt_text: str, completion: str, *, max_length: int | None = None,
+    end_id: int | None = None,
 ) -> StateSplit | None:
     """Tokenize prompt_text + completion and locate its states.
 
@@ -61,6 +70,8 @@ def split_states(
         completion: the base's continuation.
         max_length: keep at most this many tokens by dropping prompt tokens from the left;
             None keeps everything.
+        end_id: the EOS id: the sample finished, and gets the end state (ids + end_id, as
+            `ValueModel.encode` reads text + END_OF_TEXT). None: no end state.
 
     Returns:
         The split, or None when the completion alone does not fit in max_length.
@@ -96,12 +107,15 @@ def split_states(
         ends.append(min(len(completion), max(ends[-1], end - boundary)))
     if len(ends) > 1:
         ends[-1] = len(completion)
+    if end_id is not None:
+        ids.append(int(end_id))
+        ends.append(len(completion))
     if max_length is not None and len(ids) > max_length:
         cut = len(ids) - max_length
         if cut > prompt_state:
             return None
         ids, prompt_state = ids[cut:], prompt_state - cut
-    return StateSplit(tuple(ids), prompt_state, tuple(ends))
+    return StateSplit(tuple(ids), prompt_state, tuple(ends), end_id is not None)
 
 
 def prefix_at(prompt_text: str, completion: str, split: StateSplit, fraction: float) -> str:

@@ -4,6 +4,11 @@ The loop, as in the VAS authors' code: for each batch of samples, compute V of e
 one no-grad pass, turn it into fixed TD(lambda) targets (reward on the last state), then take
 `epochs_per_batch` optimizer steps of 0.5 * MSE toward those targets. A sample's states are
 the prefix ending the prompt and the prefix after each completion token (`estimators.states`).
+With `end_state` (the default), a sample the base finished (finish_reason "stop") has one more
+state, its text + EOS, which holds the reward: V(text + EOS) learns the terminal reward and the
+earlier states bootstrap through it, so V(text) learns the value of going on and the model
+tells "stop here" from "keep going". A sample cut at max_tokens ("length") has no end state
+(its reward sits on its last token, as before).
 
 Validation uses a held-out fraction of the training *prompts* (never of samples, so no prompt
 is on both sides); the held-out prompt files of the benchmark are never seen here. Resumable:
@@ -60,6 +65,9 @@ class TrainConfig:
     # the model steers any base, template or raw prompt), or "base" (the samples' prompt_text,
     # the base's own template: the model then only fits that base, as before formats existed).
     prompt_format: str = "chatml"
+    # Finished samples ("stop") get an end state (text + EOS) that holds the reward; the saved
+    # model then has end_state=True and scores EOS candidates as text + END_OF_TEXT.
+    end_state: bool = True
     lam: float = 0.95  # TD(lambda); 0 = TD(0), 1 = Monte Carlo
     gamma: float = 1.0
     lr: float = 5e-5
@@ -109,7 +117,7 @@ class TrainConfig:
 
 
 # What a field meant in a saved run from before it existed.
-_LEGACY_DEFAULTS = {"prompt_format": "base"}
+_LEGACY_DEFAULTS = {"prompt_format": "base", "end_state": False}
 
 # Fields that may change when a run is resumed (they do not change what was already done).
 _RESUMABLE_CHANGES = {
@@ -194,22 +202,39 @@ def prompt_text_of(model: Any, sample: Sample) -> str:
     return sample.prompt_text if own is None else own
 
 
+def _end_id(model: Any, cfg: TrainConfig) -> int | None:
+    """The EOS id that ends a finished sample's end state (None: no end states)."""
+    if not cfg.end_state:
+        return None
+    eos = getattr(model.tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise ConfigError("end_state needs a tokenizer with an eos token; set end_state=False")
+    return int(eos)
+
+
 def _encode(
     samples: list[Sample], model: Any, cfg: TrainConfig, baseline: PrefixRewardValue | None
 ) -> tuple[list[_Item], int]:
     items, too_long = [], 0
+    eos = _end_id(model, cfg)
     for s in samples:
         prompt_text = prompt_text_of(model, s)
-        split = split_states(model.tokenizer, prompt_text, s.completion, max_length=cfg.max_length)
+        end_id = eos if s.finish_reason == "stop" else None
+        split = split_states(model.tokenizer, prompt_text, s.completion, max_length=cfg.max_length,
+                             end_id=end_id)
         if split is None:
             too_long += 1
             continue
         base = None
         if baseline is not None:
             # The baseline sees exactly the text of each state, as it would at generation time,
-            # and is told where the prompt ends.
-            texts = [prompt_text + s.completion[:e] for e in split.ends]
+            # and is told where the prompt ends. The end state's base is the prefix reward of
+            # the whole text, the same as its last token's (one reward call, not two).
+            ends = split.ends[:-1] if split.end_state else split.ends
+            texts = [prompt_text + s.completion[:e] for e in ends]
             base = baseline.values(texts, prompt_lens=[len(prompt_text)] * len(texts))
+            if split.end_state:
+                base = [*base, base[-1]]
         items.append(_Item(split, float(s.reward), base))  # type: ignore[arg-type]
     return items, too_long
 
@@ -258,6 +283,9 @@ def _build_model(cfg: TrainConfig, model: Any | None) -> Any:
         model.to(cfg.device)
     if hasattr(model, "config") and hasattr(model.config, "prompt_format"):
         model.config.prompt_format = DEFAULT_FORMAT.to_json() if cfg.prompt_format == "chatml" else None
+    if hasattr(model, "config") and hasattr(model.config, "end_state"):
+        _end_id(model, cfg)  # refuse end states for a tokenizer without EOS before any work
+        model.config.end_state = cfg.end_state
     if cfg.freeze_backbone:
         for p in _backbone(model).parameters():
             p.requires_grad_(False)

@@ -67,6 +67,10 @@ class ValueModelConfig:
         prompt_format: how the model renders a prompt before the response
             (`PromptFormat.to_json()`); None for checkpoints from before it was recorded, which
             score the base's rendered prompt text instead.
+        end_state: the model was trained with an end-of-sequence state: V(text + EOS) is the
+            terminal reward, V(text) the value of going on. It then scores texts that end with
+            `vas_api.END_OF_TEXT` (as the text's ids + the tokenizer's EOS id), and the samplers
+            give it EOS candidates that way. False for checkpoints from before it existed.
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -75,6 +79,7 @@ class ValueModelConfig:
     batch_size: int = 32
     cache_slots: int = 4
     prompt_format: dict[str, Any] | None = None
+    end_state: bool = False
 
 
 def default_device() -> torch.device:
@@ -149,9 +154,31 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.tokenizer = prepare_tokenizer(tokenizer)
         self.config = config
-        self.encoder = TextEncoder(self.tokenizer)
+        self.encoder = TextEncoder(self.tokenizer, end_id=self._end_id)
         self._cache = _ScoringCache()
         self.eval()
+
+    @property
+    def scores_end_of_text(self) -> bool:
+        """True for a model with an end state (`ValueModelConfig.end_state`): the samplers then
+        score end-of-sequence candidates as text + `vas_api.END_OF_TEXT`."""
+        return bool(self.config.end_state)
+
+    def _end_id(self) -> int | None:
+        """The id a finished text ends with (the tokenizer's EOS), None without an end state.
+
+        Raises:
+            ValueModelError: end_state is on but the tokenizer has no EOS token.
+        """
+        if not self.config.end_state:
+            return None
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ValueModelError(
+                "this value model has end_state=True but its tokenizer has no eos token, so a "
+                "finished text cannot be encoded; set tokenizer.eos_token."
+            )
+        return int(eos)
 
     # ----------------------------------------------------------------- construction
 

@@ -28,7 +28,7 @@ from vas_api.sampler import (
     resampling_probs,
     run,
 )
-from vas_api.types import Completion, Prefix, ProviderProfile, Samples, Usage
+from vas_api.types import END_OF_TEXT, Completion, Prefix, ProviderProfile, Samples, Usage
 
 ALPHA = 1e-3
 BASE = {"a": 0.5, "b": 0.3, EOS: 0.2}  # one-token responses "a", "b" or "" (EOS)
@@ -113,7 +113,9 @@ def test_state_machine_calls_and_report_fields():
     pool = Samples([Completion("a", "stop"), Completion("b", "length"), Completion("", "stop")], Usage(7, 3, 0, 1))
     sampler.feed(pool)
     call = sampler.next_request()
-    assert isinstance(call, ScoreCall) and call.candidates == (("a", "b", ""),) and call.prefix_text == "x"
+    # Finished responses ("stop") are scored with the end-of-text marker; a cut one is not.
+    assert isinstance(call, ScoreCall) and call.prefix_text == "x"
+    assert call.candidates == (("a" + END_OF_TEXT, "b", END_OF_TEXT),)
     sampler.feed([[np.array([0.0, 1.5, 0.5])]])
     assert sampler.done and sampler.next_request() is None
     assert sampler.response in ("a", "b", "")

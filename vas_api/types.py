@@ -27,7 +27,19 @@ __all__ = [
     "AsyncProvider",
     "ValueFunction",
     "PromptAwareValueFunction",
+    "END_OF_TEXT",
 ]
+
+END_OF_TEXT = "\uffff"
+"""Marks "the response ended here" at the end of a text given to a value function.
+
+A finished response (the base chose end of sequence, or a whole response / block came back
+with finish_reason "stop") is scored as ``prompt + response + END_OF_TEXT``; an unfinished one
+as ``prompt + response``. U+FFFF is a Unicode noncharacter, so it never occurs in real text
+(undecodable bytes become U+FFFD, not this). Only value functions whose `scores_end_of_text`
+is True are ever given it (`vas_api.value_binding.text_for`); every other one sees the text
+without it, i.e. V(s) for "stop here", as before the marker existed.
+"""
 
 Prompt = str | list[dict[str, Any]]
 """A raw completion prompt, or a list of OpenAI-style chat messages."""
@@ -375,6 +387,11 @@ class ValueFunction(Protocol):
     it has one, `score_draft(..., prompt_len=...)` take the prompt's length in characters.
     `render_prompt` may return None (a checkpoint saved before prompt formats): the function
     is then treated as one without it. `vas_api.value_binding` does this for each request.
+
+    Optional flag `scores_end_of_text` (default False when absent): the function tells a
+    finished response from the same text as an unfinished prefix, so it is given texts that
+    end with `END_OF_TEXT` for end-of-sequence candidates and finished responses (a value
+    model trained with an end state, `estimators.value_model.ValueModelConfig.end_state`).
     """
 
     def values(self, texts: Sequence[str]) -> Sequence[float]:

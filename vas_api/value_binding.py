@@ -8,6 +8,11 @@ the exact base prompt text the sampler was built with, so it swaps one for the o
 (no marker is searched for) and passes ``prompt_len(s)=``. Functions without `render_prompt`, or
 whose `render_prompt` returns None (checkpoints from before prompt formats), are returned as
 they are, so they see exactly what they saw before.
+
+End of text: the samplers mark an end-of-sequence candidate and a finished response with
+`vas_api.types.END_OF_TEXT` at the end of its text. `text_for` / `texts_for` are the one rule
+for who sees it: a value function with ``scores_end_of_text = True`` gets the text as is, every
+other one the text without the marker (V of the response as it stands, as before the marker).
 """
 
 from __future__ import annotations
@@ -18,13 +23,33 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ValueModelError
-from .types import Prompt, ValueFunction
+from .types import END_OF_TEXT, Prompt, ValueFunction
 
-__all__ = ["BoundValue", "bind_values", "shared_lock"]
+__all__ = ["BoundValue", "bind_values", "shared_lock", "scores_end_of_text", "text_for", "texts_for"]
 
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
 _BY_ID: dict[int, threading.RLock] = {}  # value functions that cannot be weakly referenced
 _GUARD = threading.Lock()
+
+
+def scores_end_of_text(vf: Any) -> bool:
+    """Whether `vf` is given texts that end with END_OF_TEXT (its `scores_end_of_text` flag;
+    False when it has none)."""
+    return bool(getattr(vf, "scores_end_of_text", False))
+
+
+def text_for(vf: Any, text: str) -> str:
+    """`text` as `vf` must see it: a trailing END_OF_TEXT is dropped unless `vf` scores it."""
+    if text.endswith(END_OF_TEXT) and not scores_end_of_text(vf):
+        return text[: -len(END_OF_TEXT)]
+    return text
+
+
+def texts_for(vf: Any, texts: Sequence[str]) -> tuple[str, ...]:
+    """`text_for` of each text (the same tuple back when none ends with the marker)."""
+    if scores_end_of_text(vf) or not any(t.endswith(END_OF_TEXT) for t in texts):
+        return tuple(texts)
+    return tuple(text_for(vf, t) for t in texts)
 
 
 def shared_lock(vf: Any) -> threading.RLock:
@@ -59,6 +84,11 @@ class BoundValue:
         self._base = base_prompt_text
         self._own = own_prompt_text
         self._lock = shared_lock(value_fn)
+
+    @property
+    def scores_end_of_text(self) -> bool:
+        """The wrapped function's flag (see `vas_api.types.END_OF_TEXT`)."""
+        return scores_end_of_text(self.value_fn)
 
     def own_text(self, text: str) -> str:
         """`text` (base prompt text + response) as this value function renders it."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ConfigError, ProviderError
 from ..types import Prefix, Prompt, Samples
-from .core import ScoreCall, Scores, Step, _SamplerBase
+from .core import ScoreCall, Scores, Step, _SamplerBase, finished_texts
 from .rerank import RerankSampler, SampleCall, chatml_text, effective_sample_size, resampling_probs
 from .settings import SamplerSettings
 from .target import value_shift
@@ -100,7 +100,7 @@ class BlockSampler(_SamplerBase):
             # draw the same blocks from a seeded server.
             seed = None if s.seed is None else s.seed * 1_000_003 + self.blocks
             return SampleCall(self._prefix(), s.block_n, self._asked, s.temperature, s.stop, seed)
-        return ScoreCall(self._prefix_text(), (), (tuple(self._blocks),))
+        return ScoreCall(self._prefix_text(), (), (finished_texts(self._blocks, self._finishes),))
 
     def feed(self, answer: Samples | Scores) -> None:
         if self._blocks is None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import VASError
-from ..types import Draft, Prefix, Usage
+from ..types import END_OF_TEXT, Draft, Prefix, Usage
 from .settings import SamplerSettings
 from .target import Options, decode_step, options_of, target_probs, value_shift
 
@@ -68,6 +68,9 @@ class ScoreCall:
     """Ask every value model for V(prefix_text + path[:j] + c) for c in candidates[j].
 
     Token mode sends one position (path empty); speculative mode sends the drafted path.
+    A candidate that ends the response (end of sequence; in block and rerank mode a block or
+    response that finished with "stop") ends with `END_OF_TEXT`; the drivers drop the marker
+    for value functions that do not score it (`vas_api.value_binding.texts_for`).
     Answer with `Scores`.
     """
 
@@ -276,7 +279,9 @@ class _SamplerBase:
             st.finish_reason = "length"
 
     def _score_call(self, path: tuple[str, ...], options: Sequence[Options]) -> ScoreCall:
-        return ScoreCall(self._prefix_text(), path, tuple(o.texts for o in options))
+        # An end-of-sequence option appends "" to the response but is scored as the finished
+        # text (END_OF_TEXT); it is only ever the last position of a drafted path.
+        return ScoreCall(self._prefix_text(), path, tuple(_scored_texts(o) for o in options))
 
     def next_request(self) -> Call | None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -287,6 +292,18 @@ class _SamplerBase:
     def _expect(self, answer: Any, kind: type) -> None:
         if not isinstance(answer, kind):
             raise VASError(f"sampler fed a {type(answer).__name__}, expected {kind.__name__}")
+
+
+def _scored_texts(options: Options) -> tuple[str, ...]:
+    """The texts value models score for one position's options: END_OF_TEXT for the special
+    (end-of-sequence) ones, the appended text for the rest."""
+    return tuple(END_OF_TEXT if c.special else t for c, t in zip(options.candidates, options.texts, strict=True))
+
+
+def finished_texts(texts: Sequence[str], finishes: Sequence[str | None]) -> tuple[str, ...]:
+    """Block / rerank candidates as value models score them: a text whose finish_reason is
+    "stop" (the base ended it) gets END_OF_TEXT; one cut at max_tokens ("length") does not."""
+    return tuple(t + END_OF_TEXT if f == "stop" else t for t, f in zip(texts, finishes, strict=True))
 
 
 _BASE = "base character"  # TokenSampler._pending: the next call drafts the base's own character

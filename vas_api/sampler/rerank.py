@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import ProviderError
 from ..types import Prefix, Prompt, Samples
-from .core import ScoreCall, Scores, Step, _SamplerBase
+from .core import ScoreCall, Scores, Step, _SamplerBase, finished_texts
 from .settings import SamplerSettings
 from .target import value_shift
 
@@ -126,7 +126,7 @@ class RerankSampler(_SamplerBase):
                 Prefix(self.prompt, self.state.response), s.rerank_n, s.max_tokens,
                 s.temperature, s.stop, s.seed,
             )
-        return ScoreCall(self._prefix_text(), (), (tuple(self.pool),))
+        return ScoreCall(self._prefix_text(), (), (finished_texts(self.pool, self.finishes),))
 
     def feed(self, answer: Samples | Scores) -> None:
         if not self.pool:

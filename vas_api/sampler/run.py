@@ -86,6 +86,18 @@ class PartialOutput:
         return f"PartialOutput(tokens={lens}, finished={self.finished}, usage={self.usage})"
 
 
+def _seen_by(vf: ValueFunction, call: ScoreCall) -> ScoreCall:
+    """`call` as value function `vf` must see it: candidates that end the response keep the
+    END_OF_TEXT marker only for a function that scores it (`vas_api.value_binding.texts_for`,
+    the one rule); every other function scores them as the response so far, as before."""
+    from dataclasses import replace
+
+    from ..value_binding import texts_for
+
+    cands = tuple(texts_for(vf, c) for c in call.candidates)
+    return call if cands == call.candidates else replace(call, candidates=cands)
+
+
 def _lock_for(vf: ValueFunction) -> Any:
     from ..value_binding import shared_lock
 
@@ -104,7 +116,7 @@ def score(call: ScoreCall, value_fns: Sequence[ValueFunction], betas: Sequence[f
             out.append(_zeros(call))
             continue
         with _lock_for(vf):
-            out.append(_score_one(vf, call))
+            out.append(_score_one(vf, _seen_by(vf, call)))
     return out
 
 
@@ -240,7 +252,7 @@ async def ascore(
     """`score` for the event loop: every value model's scores, batched with the score calls of
     the other requests in flight (`ScoreBatcher`). `key`: the request (e.g. its sampler)."""
     parts = await asyncio.gather(*(
-        _batched(vf, call, key) if beta != 0 else _done(_zeros(call))
+        _batched(vf, _seen_by(vf, call), key) if beta != 0 else _done(_zeros(call))
         for vf, beta in zip(value_fns, betas, strict=True)
     ))
     return list(parts)
