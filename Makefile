@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml Makefile $(LLAMA_WHEEL_STAMP) | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps --force-reinstall \
 		$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	@echo "Installing vas-api with the local engine..."
-	$(BIN)/pip install --quiet --find-links $(WHEELS) -e '.[local,dev,lora]'
+	$(BIN)/pip install --quiet --find-links $(WHEELS) -e '.[local,dev,lora,serve]'
 	touch $(STAMP)
 
 setup: $(STAMP)

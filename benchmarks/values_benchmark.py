@@ -57,10 +57,13 @@ TASKS = ("ending", "judge", "sentiment")
 
 # --- the tasks' rewards ---------------------------------------------------------------------
 
-def ending_spec() -> str:
-    from estimators.rewards import ENDING_DEFAULT_SPEC
-
-    return ENDING_DEFAULT_SPEC
+# Chosen on the training samples only (their word counts and endings): 148 of 768 stop on
+# their own within 64 tokens, 164 end on a finished sentence; this window gives 1.0 to 12% and
+# >= 0.5 to 27% of them.
+ENDING_SPEC = "ending:min_words=15,max_words=40,slack=10,unfinished=0.5"
+# Chosen on 100 training samples: P(yes) spread sd 0.13, 52% above 0.5 (questions about
+# positivity or enthusiasm gave a narrower spread).
+JUDGE_QUESTION = "Does this review recommend the product to others? Answer Yes or No."
 
 
 def make_reward(task: str, judge_endpoint: tuple[Any, str] | None) -> Any:
@@ -70,11 +73,11 @@ def make_reward(task: str, judge_endpoint: tuple[Any, str] | None) -> Any:
     if task == "sentiment":
         return build_reward("vader")
     if task == "ending":
-        return build_reward(ending_spec())
-    from estimators.judge import JUDGE_DEFAULT_QUESTION, JudgeReward
+        return build_reward(ENDING_SPEC)
+    from estimators.judge import JudgeReward
 
     client, model = judge_endpoint  # type: ignore[misc]
-    return JudgeReward(client, model, question=JUDGE_DEFAULT_QUESTION)
+    return JudgeReward(client, model, question=JUDGE_QUESTION)
 
 
 def judge_usage(reward: Any) -> dict[str, int]:
@@ -89,8 +92,12 @@ def judge_usage(reward: Any) -> dict[str, int]:
 # --- phase helpers --------------------------------------------------------------------------
 
 def _state(name: str) -> dict[str, Any]:
-    path = DATA / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    """What a phase has finished: one file per phase and task, so two runs on different tasks
+    (side by side, one per core) never write the same file."""
+    merged: dict[str, Any] = {}
+    for part in sorted(DATA.glob(f"{name}.json")) + sorted(DATA.glob(f"{name}-*.json")):
+        merged.update(json.loads(part.read_text()))
+    return merged
 
 
 def _save_state(name: str, payload: dict[str, Any]) -> None:
@@ -133,8 +140,8 @@ def _scored_path(task: str, split: str) -> Path:
 
 def phase_score(tasks: Sequence[str], judge_endpoint: Any) -> dict[str, Any]:
     """Each task's reward for every sample, written as a scored copy of the data."""
-    out = _state("score")
     for task in tasks:
+        out = _state(f"score-{task}")
         for split in ("train", "heldout"):
             path = _scored_path(task, split)
             if path.exists():
@@ -154,8 +161,8 @@ def phase_score(tasks: Sequence[str], judge_endpoint: Any) -> dict[str, Any]:
                                       "judge": judge_usage(reward),
                                       "mean_reward": statistics.fmean(scores),
                                       "spec": getattr(reward, "description", task)}
-            _save_state("score", out)
-    return out
+            _save_state(f"score-{task}", out)
+    return _state("score")
 
 
 def _score(reward: Any, samples: Sequence[Sample], chunk: int = 64) -> list[float]:
@@ -178,8 +185,8 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
     """One value model per task (reused when its checkpoint is complete)."""
     from estimators.train import TrainConfig, train
 
-    out = _state("train")
     for task in tasks:
+        out = _state(f"train-{task}")
         ckpt = _checkpoint(task, args)
         key = ckpt.name
         if (ckpt / "config.json").exists() and key in out:
@@ -198,8 +205,8 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
                     "val_samples": meta["val_samples"], "validation": meta["val"],
                     "layers": args.layers, "lr": args.lr, "passes": args.passes,
                     "end_state": True, "threads": args.threads}
-        _save_state("train", out)
-    return out
+        _save_state(f"train-{task}", out)
+    return _state("train")
 
 
 def _load(task: str, args: argparse.Namespace) -> Any:
@@ -208,57 +215,50 @@ def _load(task: str, args: argparse.Namespace) -> Any:
     return load_value_function(str(_checkpoint(task, args)))
 
 
-def _words_so_far() -> Any:
-    """A cheap baseline for the ending task: minus the distance of the words so far to the
-    window's middle (what a user might try first)."""
-    from estimators.rewards import ending_window
-
-    lo, hi = ending_window(ending_spec())
-    mid = (lo + hi) / 2
-
-    class _Words:
-        description = "words-so-far"
-
-        def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-            return [-abs(len(c.split()) - mid) for c in completions]
-
-    return _Words()
-
-
 def phase_spearman(tasks: Sequence[str], args: argparse.Namespace, judge_endpoint: Any) -> dict[str, Any]:
-    """Held-out Spearman at half the completion: learned vs every cheap baseline."""
+    """Held-out Spearman at half the completion: the learned model vs every cheap baseline
+    (the prefix reward, VADER of the prefix, a words-so-far table fitted on the training
+    samples); the judge on the prefix too, with its calls (one per state scored)."""
     from estimators.baselines import PrefixRewardValue
     from estimators.evaluate import spearman, values_at
+    from estimators.words_so_far import WordsSoFarValue
 
-    out = _state("spearman")
     for task in tasks:
+        out = _state(f"spearman-{task}")
         if task in out:
             continue
         samples = read_samples(_scored_path(task, "heldout")).samples
         rewards = [float(s.reward) for s in samples]
         learned = _load(task, args)
         tok = learned.tokenizer
-        rows: dict[str, Any] = {}
-        start = time.perf_counter()
-        rows["learned"] = {"spearman@0.5": spearman(values_at(learned, samples, tok, 0.5), rewards),
-                           "seconds": round(time.perf_counter() - start, 1), "judge_calls": 0}
-        baselines: dict[str, Any] = {"prefix_reward": make_reward(task, judge_endpoint)}
+        train_samples = read_samples(_scored_path(task, "train")).samples
+        candidates: dict[str, tuple[Any, Any]] = {"learned": (learned, None)}
+        reward = make_reward(task, judge_endpoint)
+        if task != "judge" or args.judge_prefix_baseline:
+            candidates["prefix_reward"] = (PrefixRewardValue(reward), reward)
         if task != "sentiment":
-            baselines["vader_prefix"] = make_reward("sentiment", None)
-        if task == "ending":
-            baselines["words_so_far"] = _words_so_far()
-        for name, reward in baselines.items():
+            candidates["vader_prefix"] = (PrefixRewardValue("vader"), None)
+        candidates["words_so_far"] = (WordsSoFarValue.fit(
+            [s.completion for s in train_samples], [float(s.reward) for s in train_samples]), None)
+        rows: dict[str, Any] = {}
+        for name, (value_fn, metered) in candidates.items():
             start = time.perf_counter()
-            vals = values_at(PrefixRewardValue(reward), samples, tok, 0.5)
+            before = judge_usage(metered)["calls"]
+            vals = values_at(value_fn, samples, tok, 0.5)
             rows[name] = {"spearman@0.5": spearman(vals, rewards),
                           "seconds": round(time.perf_counter() - start, 1),
-                          "judge_calls": judge_usage(reward)["calls"]}
-        cheap = {k: v for k, v in rows.items() if k != "learned" and v["judge_calls"] == 0}
+                          "judge_calls": judge_usage(metered)["calls"] - before}
+        finished = [s for s in samples if s.finish_reason == "stop"]
+        if finished:
+            end = values_at(learned, finished, tok, "end")
+            rows["learned"]["spearman@end_finished"] = spearman(end, [float(s.reward) for s in finished])
+            rows["learned"]["finished_samples"] = len(finished)
+        cheap = [k for k, v in rows.items() if k != "learned" and v["judge_calls"] == 0]
         best = max(cheap, key=lambda k: rows[k]["spearman@0.5"])
         out[task] = {"n": len(samples), "rows": rows, "best_cheap_baseline": best,
                      "learned_minus_best_cheap": rows["learned"]["spearman@0.5"] - rows[best]["spearman@0.5"]}
-        _save_state("spearman", out)
-    return out
+        _save_state(f"spearman-{task}", out)
+    return _state("spearman")
 
 
 # --- steering -------------------------------------------------------------------------------
@@ -332,10 +332,10 @@ def phase_steer(tasks: Sequence[str], args: argparse.Namespace, server: Any, jud
     """Pick beta on validation prompts, then held-out VAS vs base and Best-of-N."""
     from estimators.collect import as_prompt
 
-    out = _state("steer")
     score = _state("score")
     heldout = [as_prompt(ln) for ln in (PROMPTS / "heldout_prompts.txt").read_text().splitlines() if ln.strip()]
     for task in tasks:
+        out = _state(f"steer-{task}")
         if task in out:
             continue
         value = _load(task, args)
@@ -371,8 +371,8 @@ def phase_steer(tasks: Sequence[str], args: argparse.Namespace, server: Any, jud
             "best_of_8": best_of(held, 8, judge_cost), "best_of_16": best_of(held, 16, judge_cost),
             "judge_cost": judge_cost,
         }
-        _save_state("steer", out)
-    return out
+        _save_state(f"steer-{task}", out)
+    return _state("steer")
 
 
 def phase_compose(args: argparse.Namespace, server: Any, judge_endpoint: Any) -> dict[str, Any]:
@@ -414,6 +414,8 @@ def main() -> None:
     ap.add_argument("--betas", type=float, nargs="+", default=[2.0, 4.0, 8.0])
     ap.add_argument("--per-prompt", type=int, default=1, help="held-out VAS responses per prompt")
     ap.add_argument("--compose-prompts", type=int, default=16)
+    ap.add_argument("--judge-prefix-baseline", action=argparse.BooleanOptionalAction, default=True,
+                    help="also score the judge on every held-out prefix (one call each)")
     ap.add_argument("--note", action="append", default=[])
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
