@@ -53,6 +53,8 @@ DATA = cache_dir() / "values_benchmark"
 MODELS = cache_dir() / "models"
 PHASES = ("data", "score", "train", "spearman", "steer", "compose")
 TASKS = ("ending", "judge", "sentiment")
+# Fixed positions (value-model tokens into the completion) for a second view of the Spearman.
+FIXED_TOKENS = (8, 16, 24)
 
 
 # --- the tasks' rewards ---------------------------------------------------------------------
@@ -215,6 +217,23 @@ def _load(task: str, args: argparse.Namespace) -> Any:
     return load_value_function(str(_checkpoint(task, args)))
 
 
+def values_after_tokens(value_fn: Any, samples: Sequence[Sample], tokenizer: Any, n: int) -> list[float]:
+    """V after the first min(n, L) value-model tokens of each completion: a fixed position, where
+    (unlike half of each sample's own length) the state does not give the final length away."""
+    from estimators.prompt_format import prompt_text_for, values_for
+    from estimators.states import split_states
+
+    prompts = [prompt_text_for(value_fn, s.prompt, s.prompt_text) for s in samples]
+    responses = []
+    for p, s in zip(prompts, samples, strict=True):
+        sp = split_states(tokenizer, p, s.completion)
+        responses.append(s.completion[: sp.ends[min(n, sp.num_states - 1)]] if sp else "")
+    out: list[float] = []
+    for i in range(0, len(samples), 32):
+        out += [float(v) for v in values_for(value_fn, prompts[i:i + 32], responses[i:i + 32])]
+    return out
+
+
 def phase_spearman(tasks: Sequence[str], args: argparse.Namespace, judge_endpoint: Any) -> dict[str, Any]:
     """Held-out Spearman at half the completion: the learned model vs every cheap baseline
     (the prefix reward, VADER of the prefix, a words-so-far table fitted on the training
@@ -248,6 +267,10 @@ def phase_spearman(tasks: Sequence[str], args: argparse.Namespace, judge_endpoin
             rows[name] = {"spearman@0.5": spearman(vals, rewards),
                           "seconds": round(time.perf_counter() - start, 1),
                           "judge_calls": judge_usage(metered)["calls"] - before}
+            if getattr(metered, "usage", None) is None:  # free ones: also at fixed positions
+                for n in FIXED_TOKENS:
+                    rows[name][f"spearman@{n}tokens"] = spearman(
+                        values_after_tokens(value_fn, samples, tok, n), rewards)
         finished = [s for s in samples if s.finish_reason == "stop"]
         if finished:
             end = values_at(learned, finished, tok, "end")
@@ -257,6 +280,11 @@ def phase_spearman(tasks: Sequence[str], args: argparse.Namespace, judge_endpoin
         best = max(cheap, key=lambda k: rows[k]["spearman@0.5"])
         out[task] = {"n": len(samples), "rows": rows, "best_cheap_baseline": best,
                      "learned_minus_best_cheap": rows["learned"]["spearman@0.5"] - rows[best]["spearman@0.5"]}
+        for n in FIXED_TOKENS:
+            key = f"spearman@{n}tokens"
+            best_n = max(cheap, key=lambda k: rows[k].get(key, float("-inf")))
+            out[task][f"learned_minus_best_cheap@{n}tokens"] = rows["learned"][key] - rows[best_n][key]
+            out[task][f"best_cheap_baseline@{n}tokens"] = best_n
         _save_state(f"spearman-{task}", out)
     return _state("spearman")
 
