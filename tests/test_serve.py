@@ -452,3 +452,24 @@ def test_a_stream_closed_early_gives_its_slot_back():
         # the client went away after one event: the only slot must come back for the next one
         again = http.post("/completions", json={**body, "stream": False})
         assert again.status_code == 200, again.text
+
+
+def test_huge_counts_and_lone_surrogates_are_400s_not_hangs_or_500s(fake_url):
+    # Review of issue 14: {"n": 1000000} held a slot (and the in-process provider's event loop)
+    # until the client gave up; a lone surrogate in a message was a 500 UnicodeEncodeError.
+    ok = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    chat = {"model": "fake", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    bad = [({**chat, "n": 10**6}, "n"), ({**chat, "vas": {"mode": "rerank", "rerank_n": 10**6}}, "vas.rerank_n"),
+           ({**chat, "vas": {"mode": "block", "block_n": 10**6}}, "vas.block_n"),
+           ({**chat, "messages": [{"role": "user", "content": "a \ud800 b"}]}, None)]
+    with httpx.Client(timeout=30) as http:
+        for body, param in bad:
+            r = http.post(fake_url + "/chat/completions", content=json.dumps(body), headers=ok)
+            assert r.status_code == 400, (body, r.text)
+            err = r.json()["error"]
+            assert err["type"] == "invalid_request_error" and err["param"] == param
+            assert "at most" in err["message"] or "Unicode" in err["message"]
+        # emoji and other valid non-ASCII text still go through
+        r = http.post(fake_url + "/chat/completions", headers=ok,
+                      content=json.dumps({**chat, "messages": [{"role": "user", "content": "héllo 🎉"}]}))
+        assert r.status_code == 200, r.text
