@@ -473,3 +473,14 @@ def test_huge_counts_and_lone_surrogates_are_400s_not_hangs_or_500s(fake_url):
         r = http.post(fake_url + "/chat/completions", headers=ok,
                       content=json.dumps({**chat, "messages": [{"role": "user", "content": "héllo 🎉"}]}))
         assert r.status_code == 200, r.text
+
+
+def test_an_upstream_that_is_not_an_http_url_is_refused_before_start():
+    # Review of issue 14: `vas serve --upstream notaurl --model m` started, then every request was a 502.
+    for bad in ("notaurl", "127.0.0.1:8080/v1", "ftp://host/v1", "http:///v1"):
+        with pytest.raises(ConfigError, match="http"):
+            ServeConfig(upstream=bad, model="m")
+    with pytest.raises(ConfigError) as info:
+        ServeConfig(upstream="htp://user:hunter2-secret@host/v1", model="m")
+    assert "hunter2-secret" not in str(info.value)
+    assert ServeConfig(upstream="https://api.example.com/v1", model="m").upstream

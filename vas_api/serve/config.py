@@ -10,8 +10,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import ConfigError
+from ..redact import redact_urls_in
 
 __all__ = ["ServeConfig", "ValueSpec", "KeySpec", "parse_value_spec", "load_keys_file"]
 
@@ -124,6 +126,12 @@ class ServeConfig:
                 raise ConfigError(f"{name} = {v!r}: give a whole number >= 1.")
         if not (isinstance(self.queue_timeout_s, int | float) and self.queue_timeout_s >= 0):
             raise ConfigError(f"queue_timeout_s = {self.queue_timeout_s!r}: give seconds >= 0.")
+        if self.upstream is not None:
+            parts = urlsplit(self.upstream)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                # else the server starts and every request fails as a 502 (issue 14 review)
+                raise ConfigError(f"--upstream {redact_urls_in(self.upstream)!r}: give an http(s) base URL, "
+                                  "e.g. http://127.0.0.1:8080/v1.")
         if self.upstream is not None and not self.model:
             raise ConfigError("--model is required with --upstream (the base model's id there).")
 
