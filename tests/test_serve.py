@@ -484,3 +484,34 @@ def test_an_upstream_that_is_not_an_http_url_is_refused_before_start():
         ServeConfig(upstream="htp://user:hunter2-secret@host/v1", model="m")
     assert "hunter2-secret" not in str(info.value)
     assert ServeConfig(upstream="https://api.example.com/v1", model="m").upstream
+
+
+def test_a_request_cancelled_while_generating_gives_its_slot_back():
+    # Review of issue 14: the slot was released only on `except Exception`, so a request task
+    # cancelled mid-`create` (CancelledError is a BaseException) kept its slot for good.
+    import types
+
+    app = fake_app(max_concurrency=1)
+    state = app.state.vas
+    started = asyncio.Event()
+
+    async def never_done(**kwargs):
+        started.set()
+        await asyncio.Event().wait()
+
+    state.client = types.SimpleNamespace(chat=types.SimpleNamespace(completions=types.SimpleNamespace(create=never_done)))
+    body = {"model": "fake", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            task = asyncio.ensure_future(http.post("/v1/chat/completions", json=body,
+                                                   headers={"Authorization": f"Bearer {KEY}"}))
+            await started.wait()
+            assert state.slots.locked()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert not state.slots.locked()
+
+    asyncio.run(main())
