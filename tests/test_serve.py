@@ -515,3 +515,15 @@ def test_a_request_cancelled_while_generating_gives_its_slot_back():
         assert not state.slots.locked()
 
     asyncio.run(main())
+
+
+def test_a_keys_file_mistake_names_its_entry_and_never_the_key(tmp_path):
+    # Review of issue 14: {"KEY": {"max_tokens": "abc"}} failed later with only
+    # "max_tokens = 'abc': ..." (which file, which entry?).
+    for caps, words in (({"max_tokens": "abc"}, "max_tokens"), ({"max_usd": -1}, "max_usd")):
+        path = tmp_path / "keys.json"
+        path.write_text(json.dumps({"good-key-0123456789": {}, "secret-key-0123456789": caps}))
+        with pytest.raises(ConfigError) as info:
+            load_keys_file(path)
+        msg = str(info.value)
+        assert "entry 2" in msg and words in msg and "keys.json" in msg and "secret-key" not in msg

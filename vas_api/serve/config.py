@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..budget import Budget
 from ..errors import ConfigError
 from ..redact import redact_urls_in
 
@@ -187,5 +188,10 @@ def load_keys_file(path: str | Path) -> list[KeySpec]:
     for i, (key, caps) in enumerate(data.items()):
         if not isinstance(caps, dict) or set(caps) - {"max_tokens", "max_usd"}:
             raise ConfigError(f"--keys-file {p}: entry {i + 1} must be an object with max_tokens and/or max_usd.")
-        out.append(KeySpec(key, caps.get("max_tokens"), caps.get("max_usd")))
+        try:  # a bad cap is found here, naming the entry, not later in a Budget with no context
+            spec = KeySpec(key, caps.get("max_tokens"), caps.get("max_usd"))
+            Budget(max_tokens=spec.max_tokens, max_usd=spec.max_usd)
+        except ConfigError as exc:
+            raise ConfigError(f"--keys-file {p}: entry {i + 1}: {exc}") from None
+        out.append(spec)
     return out
