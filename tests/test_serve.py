@@ -452,3 +452,78 @@ def test_a_stream_closed_early_gives_its_slot_back():
         # the client went away after one event: the only slot must come back for the next one
         again = http.post("/completions", json={**body, "stream": False})
         assert again.status_code == 200, again.text
+
+
+def test_huge_counts_and_lone_surrogates_are_400s_not_hangs_or_500s(fake_url):
+    # Review of issue 14: {"n": 1000000} held a slot (and the in-process provider's event loop)
+    # until the client gave up; a lone surrogate in a message was a 500 UnicodeEncodeError.
+    ok = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    chat = {"model": "fake", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    bad = [({**chat, "n": 10**6}, "n"), ({**chat, "vas": {"mode": "rerank", "rerank_n": 10**6}}, "vas.rerank_n"),
+           ({**chat, "vas": {"mode": "block", "block_n": 10**6}}, "vas.block_n"),
+           ({**chat, "messages": [{"role": "user", "content": "a \ud800 b"}]}, None)]
+    with httpx.Client(timeout=30) as http:
+        for body, param in bad:
+            r = http.post(fake_url + "/chat/completions", content=json.dumps(body), headers=ok)
+            assert r.status_code == 400, (body, r.text)
+            err = r.json()["error"]
+            assert err["type"] == "invalid_request_error" and err["param"] == param
+            assert "at most" in err["message"] or "Unicode" in err["message"]
+        # emoji and other valid non-ASCII text still go through
+        r = http.post(fake_url + "/chat/completions", headers=ok,
+                      content=json.dumps({**chat, "messages": [{"role": "user", "content": "héllo 🎉"}]}))
+        assert r.status_code == 200, r.text
+
+
+def test_an_upstream_that_is_not_an_http_url_is_refused_before_start():
+    # Review of issue 14: `vas serve --upstream notaurl --model m` started, then every request was a 502.
+    for bad in ("notaurl", "127.0.0.1:8080/v1", "ftp://host/v1", "http:///v1"):
+        with pytest.raises(ConfigError, match="http"):
+            ServeConfig(upstream=bad, model="m")
+    with pytest.raises(ConfigError) as info:
+        ServeConfig(upstream="htp://user:hunter2-secret@host/v1", model="m")
+    assert "hunter2-secret" not in str(info.value)
+    assert ServeConfig(upstream="https://api.example.com/v1", model="m").upstream
+
+
+def test_a_request_cancelled_while_generating_gives_its_slot_back():
+    # Review of issue 14: the slot was released only on `except Exception`, so a request task
+    # cancelled mid-`create` (CancelledError is a BaseException) kept its slot for good.
+    import types
+
+    app = fake_app(max_concurrency=1)
+    state = app.state.vas
+    started = asyncio.Event()
+
+    async def never_done(**kwargs):
+        started.set()
+        await asyncio.Event().wait()
+
+    state.client = types.SimpleNamespace(chat=types.SimpleNamespace(completions=types.SimpleNamespace(create=never_done)))
+    body = {"model": "fake", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            task = asyncio.ensure_future(http.post("/v1/chat/completions", json=body,
+                                                   headers={"Authorization": f"Bearer {KEY}"}))
+            await started.wait()
+            assert state.slots.locked()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert not state.slots.locked()
+
+    asyncio.run(main())
+
+
+def test_a_keys_file_mistake_names_its_entry_and_never_the_key(tmp_path):
+    # Review of issue 14: {"KEY": {"max_tokens": "abc"}} failed later with only
+    # "max_tokens = 'abc': ..." (which file, which entry?).
+    for caps, words in (({"max_tokens": "abc"}, "max_tokens"), ({"max_usd": -1}, "max_usd")):
+        path = tmp_path / "keys.json"
+        path.write_text(json.dumps({"good-key-0123456789": {}, "secret-key-0123456789": caps}))
+        with pytest.raises(ConfigError) as info:
+            load_keys_file(path)
+        msg = str(info.value)
+        assert "entry 2" in msg and words in msg and "keys.json" in msg and "secret-key" not in msg

@@ -372,6 +372,9 @@ def create_app(config: ServeConfig, *, client: Any = None) -> FastAPI:
             response = error_response(exc, key_id, path)
             log.info("%s %s %d %.2fs", key_id, path, response.status_code, time.perf_counter() - start)
             return response
+        except BaseException:  # cancelled (client gone, shutdown): the slot must still come back
+            release()
+            raise
         if not kwargs.get("stream"):
             release()
             out = result.model_dump(mode="json", exclude={"vas"}, warnings=False)

@@ -10,8 +10,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from ..budget import Budget
 from ..errors import ConfigError
+from ..redact import redact_urls_in
 
 __all__ = ["ServeConfig", "ValueSpec", "KeySpec", "parse_value_spec", "load_keys_file"]
 
@@ -124,6 +127,12 @@ class ServeConfig:
                 raise ConfigError(f"{name} = {v!r}: give a whole number >= 1.")
         if not (isinstance(self.queue_timeout_s, int | float) and self.queue_timeout_s >= 0):
             raise ConfigError(f"queue_timeout_s = {self.queue_timeout_s!r}: give seconds >= 0.")
+        if self.upstream is not None:
+            parts = urlsplit(self.upstream)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                # else the server starts and every request fails as a 502 (issue 14 review)
+                raise ConfigError(f"--upstream {redact_urls_in(self.upstream)!r}: give an http(s) base URL, "
+                                  "e.g. http://127.0.0.1:8080/v1.")
         if self.upstream is not None and not self.model:
             raise ConfigError("--model is required with --upstream (the base model's id there).")
 
@@ -179,5 +188,10 @@ def load_keys_file(path: str | Path) -> list[KeySpec]:
     for i, (key, caps) in enumerate(data.items()):
         if not isinstance(caps, dict) or set(caps) - {"max_tokens", "max_usd"}:
             raise ConfigError(f"--keys-file {p}: entry {i + 1} must be an object with max_tokens and/or max_usd.")
-        out.append(KeySpec(key, caps.get("max_tokens"), caps.get("max_usd")))
+        try:  # a bad cap is found here, naming the entry, not later in a Budget with no context
+            spec = KeySpec(key, caps.get("max_tokens"), caps.get("max_usd"))
+            Budget(max_tokens=spec.max_tokens, max_usd=spec.max_usd)
+        except ConfigError as exc:
+            raise ConfigError(f"--keys-file {p}: entry {i + 1}: {exc}") from None
+        out.append(spec)
     return out

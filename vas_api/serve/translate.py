@@ -4,6 +4,7 @@ keyword arguments, a VASReport and SDK objects into JSON. No I/O; tested on its 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,6 +24,10 @@ _OPENAI_FIELDS = ("max_tokens", "max_completion_tokens", "temperature", "top_p",
 _VAS_OPTIONS = ("mode", "k", "seed", "draft_min", "draft_max", "restrict_top_k",
                 "max_cost_usd", "max_total_tokens", "on_budget", *SEQUENCE_KEYS)
 _MODES = ("auto", "speculative", "token", "block", "rerank")
+# Counts that multiply the work of one request (choices, candidate blocks, whole responses per
+# choice): without a cap one body ({"n": 1000000}) holds a slot, and with an in-process
+# provider the event loop, for as long as it runs. max_tokens has its own cap (config).
+COUNT_LIMITS = {"n": 16, "vas.block_n": 64, "vas.rerank_n": 64}
 
 
 class Named:
@@ -101,6 +106,11 @@ def request_kwargs(
     """
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object.")
+    try:  # a lone surrogate ("\\ud800") parses as JSON but no upstream can be sent it
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(400, f"the body holds text that is not valid Unicode ({exc.reason}: "
+                       f"{exc.object[exc.start:exc.end]!r}); send UTF-8 text.") from None
     text_key = "messages" if kind == "chat" else "prompt"
     if text_key not in body:
         raise APIError(400, f"'{text_key}' is required.", param=text_key)
@@ -119,6 +129,10 @@ def request_kwargs(
                        param=f"vas.{bad[0]}")
     if "mode" in vas and vas["mode"] not in _MODES:
         raise APIError(400, f"vas.mode = {vas['mode']!r}: use one of {', '.join(_MODES)}.", param="vas.mode")
+    for param, limit in COUNT_LIMITS.items():
+        v = (vas if param.startswith("vas.") else body).get(param.removeprefix("vas."))
+        if isinstance(v, int) and not isinstance(v, bool) and v > limit:
+            raise APIError(400, f"{param} = {v}: this server allows at most {limit}.", param=param)
     names, fns, betas = named.choose(vas.get("beta"), vas.get("value_model"))
     kwargs: dict[str, Any] = {k: body[k] for k in _OPENAI_FIELDS if k in body}
     kwargs[text_key] = body[text_key]
