@@ -326,7 +326,9 @@ def test_cli_local_server_prints_url_and_stops_on_ctrl_c():
         listed = httpx.get(f"{base_url}/models", timeout=10).json()["data"]
         assert [m["id"] for m in listed] == [model]
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        # A hang guard, not a speed check: on 2 cores shared with benchmark runs the shutdown
+        # took over 30 s once (2026-12-01).
+        assert proc.wait(timeout=180) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
