@@ -312,11 +312,14 @@ def run_vas(client: Any, model: str, prompts: Sequence[Any], rewards: dict[str, 
     from the generation's own calls), with their costs."""
     from tqdm import tqdm
 
+    from estimators.prompt_format import DEFAULT_FORMAT
     from estimators.rewards import compute_rewards
 
-    texts, calls, billed, wall = [], 0, 0, 0.0
+    texts, prompt_texts, calls, billed, wall = [], [], 0, 0, 0.0
     for i, messages in enumerate(tqdm(prompts, desc=label, file=sys.stderr, leave=False)):
         for j in range(per_prompt):
+            # The judge reads the request (its last user turn) as well as the response.
+            prompt_texts.append(DEFAULT_FORMAT.render(messages))
             resp = client.chat.completions.create(model=model, messages=messages,
                                                   max_tokens=max_tokens,
                                                   seed=seed * 1_000_003 + i * 101 + j, **vas)
@@ -329,7 +332,7 @@ def run_vas(client: Any, model: str, prompts: Sequence[Any], rewards: dict[str, 
                            "billed_tokens_per_response": billed / n, "wall_s_per_response": wall / n}
     for name, reward in rewards.items():
         before = judge_usage(reward)["calls"]
-        scores = compute_rewards(reward, [""] * n, texts)
+        scores = compute_rewards(reward, prompt_texts, texts)
         row[name] = {"mean_reward": statistics.fmean(scores), "sem_reward": sem_of(scores),
                      "scoring_judge_calls_per_response": (judge_usage(reward)["calls"] - before) / n,
                      "rewards": [round(r, 4) for r in scores]}
