@@ -483,8 +483,14 @@ def report(args: argparse.Namespace) -> None:
         "spearman_at_half": sp, "steering": st, "composition": _state("compose"),
         "notes": args.note,
     }
+    # The headline key is the ending task's, the reward built so that its prefix cannot compute
+    # it; every task's figure is listed beside it.
     if "ending" in sp:
         payload["lookahead_spearman_learned_minus_best_baseline"] = sp["ending"]["learned_minus_best_cheap"]
+    payload["lookahead_spearman_learned_minus_best_baseline_by_task"] = {
+        t: v["learned_minus_best_cheap"] for t, v in sp.items()}
+    payload["learned_minus_best_cheap_at_16_tokens_by_task"] = {
+        t: v.get("learned_minus_best_cheap@16tokens") for t, v in sp.items()}
     if "judge" in st:
         j = st["judge"]
         payload["judge_vas_minus_bon8"] = j["vas"]["judge"]["mean_reward"] - j["best_of_8"]["mean_reward"]
