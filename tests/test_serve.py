@@ -19,6 +19,7 @@ import openai
 import pytest
 
 import vas_api
+from tests.browser import serve_in_thread
 from vas_api.errors import BudgetExceededError, ConfigError, ProviderConnectionError, ProviderError
 from vas_api.providers.fake import EOS, AsyncFakeProvider, FakeProvider, table_model
 from vas_api.serve import (
@@ -33,7 +34,6 @@ from vas_api.serve.errors import from_exception
 from vas_api.serve.translate import Named, request_kwargs
 
 pytest.importorskip("uvicorn")
-import uvicorn  # noqa: E402
 
 TABLE = {"good": 0.3, " bad": 0.3, " fine": 0.2, " ok": 0.1, "!": 0.05, EOS: 0.05}
 PRICES = {"fake": (2.0, 0.5, 8.0)}
@@ -54,23 +54,10 @@ class LikesGood:
 
 @contextlib.contextmanager
 def serving(app) -> Iterator[str]:
-    """Run `app` under uvicorn in a thread on a free loopback port; yield its /v1 base URL.
-
-    The socket is bound and listening before the thread starts, so a request made at once
-    waits in the backlog until the app has started (no polling, no sleeps)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        sock.close()
+    """Run `app` under uvicorn in a thread on a free loopback port; yield its /v1 base URL
+    (tests.browser.serve_in_thread: listening before it yields, so no polling, no sleeps)."""
+    with serve_in_thread(app) as base:
+        yield f"{base}/v1"
 
 
 def fake_client(provider=None):
