@@ -318,6 +318,9 @@ def test_cli_local_server_prints_url_and_stops_on_ctrl_c():
     proc = subprocess.Popen(
         [sys.executable, "-c", "from vas_api.cli import main; main()", "local-server"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        # A suite started as a background job of a non-interactive shell (`make test &`)
+        # inherits SIGINT ignored, and so would the CLI: give it the default, as a terminal does.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         base_url = proc.stdout.readline().split()[-1]  # blocks until the server is ready
@@ -326,9 +329,7 @@ def test_cli_local_server_prints_url_and_stops_on_ctrl_c():
         listed = httpx.get(f"{base_url}/models", timeout=10).json()["data"]
         assert [m["id"] for m in listed] == [model]
         proc.send_signal(signal.SIGINT)
-        # A hang guard, not a speed check: on 2 cores shared with benchmark runs the shutdown
-        # took over 30 s once (2026-12-01).
-        assert proc.wait(timeout=180) == 0
+        assert proc.wait(timeout=60) == 0  # a hang guard, not a speed check
     finally:
         if proc.poll() is None:
             proc.kill()
