@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..budget import Budget
 from ..errors import ConfigError
 from ..redact import client_secrets, install_log_redaction, redact_text, redact_urls_in
+from ..sampler.settings import MODES
 from .config import ServeConfig, ValueSpec
 from .errors import APIError, from_exception
 from .translate import Named, report_json, request_kwargs, step_json
@@ -42,7 +43,6 @@ __all__ = ["create_app", "load_values"]
 
 log = logging.getLogger("vas_api.serve")
 STATIC = Path(__file__).with_name("static")
-MODES = ["auto", "speculative", "token", "block", "rerank"]
 # Loggers whose records could carry a request's text or an upstream's message.
 _LOGGERS = ("vas_api", "vas_api.serve", "uvicorn", "uvicorn.error", "uvicorn.access", "httpx",
             "httpcore", "openai", "openai._base_client")
@@ -320,7 +320,7 @@ def create_app(config: ServeConfig, *, client: Any = None) -> FastAPI:
         return {
             "model": state.model,
             "value_models": [{"name": n, "default_beta": b, "description": d} for n, (_, b, d) in values.items()],
-            "modes": MODES,
+            "modes": list(MODES),
             "defaults": {"k": config.default_k, "max_tokens": config.default_max_tokens},
             "auth": bool(config.keys),
         }

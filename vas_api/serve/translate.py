@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..sampler.settings import SEQUENCE_KEYS
+from ..sampler.settings import MODES, SEQUENCE_KEYS
 from .errors import APIError
 
 __all__ = ["Named", "request_kwargs", "report_json", "step_json", "jsonable"]
@@ -23,7 +23,6 @@ _OPENAI_FIELDS = ("max_tokens", "max_completion_tokens", "temperature", "top_p",
                   "tool_choice", "response_format", "presence_penalty", "frequency_penalty")
 _VAS_OPTIONS = ("mode", "k", "seed", "draft_min", "draft_max", "restrict_top_k",
                 "max_cost_usd", "max_total_tokens", "on_budget", *SEQUENCE_KEYS)
-_MODES = ("auto", "speculative", "token", "block", "rerank")
 # Counts that multiply the work of one request (choices, candidate blocks, whole responses per
 # choice): without a cap one body ({"n": 1000000}) holds a slot, and with an in-process
 # provider the event loop, for as long as it runs. max_tokens has its own cap (config).
@@ -127,8 +126,8 @@ def request_kwargs(
     if bad:
         raise APIError(400, f"unknown vas option(s) {bad}; known: beta, value_model, {', '.join(_VAS_OPTIONS)}.",
                        param=f"vas.{bad[0]}")
-    if "mode" in vas and vas["mode"] not in _MODES:
-        raise APIError(400, f"vas.mode = {vas['mode']!r}: use one of {', '.join(_MODES)}.", param="vas.mode")
+    if "mode" in vas and vas["mode"] not in MODES:
+        raise APIError(400, f"vas.mode = {vas['mode']!r}: use one of {', '.join(MODES)}.", param="vas.mode")
     for param, limit in COUNT_LIMITS.items():
         v = (vas if param.startswith("vas.") else body).get(param.removeprefix("vas."))
         if isinstance(v, int) and not isinstance(v, bool) and v > limit:
