@@ -51,10 +51,14 @@ from vas_api.paths import cache_dir  # noqa: E402
 PROMPTS = ROOT / "estimators" / "data"
 DATA = cache_dir() / "values_benchmark"
 MODELS = cache_dir() / "models"
-PHASES = ("data", "score", "train", "spearman", "steer", "compose")
+PHASES = ("data", "score", "train", "refine", "spearman", "steer", "compose")
 TASKS = ("ending", "judge", "sentiment")
 # Fixed positions (value-model tokens into the completion) for a second view of the Spearman.
-FIXED_TOKENS = (8, 16, 24)
+# 32 is half the 64-token budget: "half the completion" at a position that, unlike half of each
+# sample's own length, does not give the final length away.
+FIXED_TOKENS = (8, 16, 24, 32)
+# Rerank-mode pools scored offline on the held-out samples (the same pools as Best-of-N).
+RERANK_POOLS = (8, 16)
 
 
 # --- the tasks' rewards ---------------------------------------------------------------------
@@ -140,11 +144,12 @@ def _scored_path(task: str, split: str) -> Path:
     return DATA / f"{task}-{split}.jsonl"
 
 
-def phase_score(tasks: Sequence[str], judge_endpoint: Any) -> dict[str, Any]:
+def phase_score(tasks: Sequence[str], judge_endpoint: Any, splits: Sequence[str]) -> dict[str, Any]:
     """Each task's reward for every sample, written as a scored copy of the data."""
     for task in tasks:
-        out = _state(f"score-{task}")
-        for split in ("train", "heldout"):
+        for split in splits:
+            # One state file per task and split, so two runs (one per core) never write the same file.
+            out = _state(f"score-{task}-{split}")
             path = _scored_path(task, split)
             if path.exists():
                 continue
@@ -163,7 +168,7 @@ def phase_score(tasks: Sequence[str], judge_endpoint: Any) -> dict[str, Any]:
                                       "judge": judge_usage(reward),
                                       "mean_reward": statistics.fmean(scores),
                                       "spec": getattr(reward, "description", task)}
-            _save_state(f"score-{task}", out)
+            _save_state(f"score-{task}-{split}", out)
     return _state("score")
 
 
@@ -179,8 +184,10 @@ def _score(reward: Any, samples: Sequence[Sample], chunk: int = 64) -> list[floa
     return scores
 
 
-def _checkpoint(task: str, args: argparse.Namespace) -> Path:
-    return MODELS / f"values-{task}-L{args.layers}-lr{args.lr:g}{args.tag}"
+def _checkpoint(task: str, args: argparse.Namespace, round_: int | None = None) -> Path:
+    """Round 0: trained on base samples; round r > 0: after r rounds of on-policy refinement."""
+    r = args.model_round if round_ is None else round_
+    return MODELS / (f"values-{task}-L{args.layers}-lr{args.lr:g}{args.tag}" + (f"-r{r}" if r else ""))
 
 
 def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -189,7 +196,7 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
 
     for task in tasks:
         out = _state(f"train-{task}")
-        ckpt = _checkpoint(task, args)
+        ckpt = _checkpoint(task, args, 0)
         key = ckpt.name
         if (ckpt / "config.json").exists() and key in out:
             continue
@@ -211,10 +218,90 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
     return _state("train")
 
 
-def _load(task: str, args: argparse.Namespace) -> Any:
+def _validation_metrics(value_fn: Any, task: str) -> dict[str, float]:
+    """Pooled and within-prompt Spearman on the validation split of the training prompts, at
+    half the completion, at half the budget (32 tokens) and at the end state."""
+    from estimators.evaluate import END, spearman, spearman_within, values_at
+    from estimators.train import split_by_prompt
+
+    _, val = split_by_prompt(read_samples(_scored_path(task, "train")).samples, 0.1, 0)
+    rewards = [float(s.reward) for s in val]
+    groups = [prompt_key(s.prompt) for s in val]
+    tok = value_fn.tokenizer
+    out: dict[str, float] = {"n": len(val)}
+    for name, vals in (("0.5", values_at(value_fn, val, tok, 0.5)),
+                       ("32tokens", values_after_tokens(value_fn, val, tok, 32)),
+                       ("end", values_at(value_fn, val, tok, END))):
+        out[f"spearman@{name}"] = spearman(vals, rewards)
+        out[f"within_prompt_spearman@{name}"] = spearman_within(vals, rewards, groups)
+    return out
+
+
+def phase_refine(tasks: Sequence[str], args: argparse.Namespace, server: Any, judge_endpoint: Any) -> dict[str, Any]:
+    """On-policy refinement (as in Iterative Value Optimization): sample with VAS under the
+    previous round's model on the trainer's training prompts (validation prompts left out),
+    score the samples with the true reward, and fine-tune the previous model on them mixed with
+    as many of its base samples (every validation sample kept, so each round is validated on
+    the same prompts). Both rounds' validation metrics are recorded; nothing held out is used."""
+    import random
+
+    from estimators.train import TrainConfig, split_by_prompt, train
+
+    for task in tasks:
+        out = _state(f"refine-{task}")
+        for r in range(1, args.model_round + 1):
+            key = f"{task}/r{r}"
+            ckpt = _checkpoint(task, args, r)
+            if key in out and (ckpt / "config.json").exists():
+                continue
+            prev = _load(task, args, r - 1)
+            base = read_samples(_scored_path(task, "train")).samples
+            train_part, val_part = split_by_prompt(base, 0.1, 0)
+            path = DATA / f"{task}-onpolicy-r{r}.jsonl"
+            if not path.exists():
+                client = server.wrap(value_model=prev, mode=args.mode, k=20)
+                prompts = _prompts_of(train_part)
+                reward = make_reward(task, judge_endpoint)
+                row = run_vas(client, server.model, prompts, {task: reward},
+                              per_prompt=args.refine_per_prompt, max_tokens=args.max_tokens,
+                              seed=100 + r, label=f"{task} on-policy r{r}", beta=args.refine_beta,
+                              keep_samples=True)
+                tmp = path.with_suffix(".tmp")
+                with SampleWriter(tmp) as w:
+                    for smp, rew in zip(row["samples"], row[task]["rewards_exact"], strict=True):
+                        smp.reward = rew
+                        w.write(smp)
+                tmp.replace(path)
+                out[f"{key}/collect"] = {k: v for k, v in row.items() if k not in ("samples", "texts")}
+                _save_state(f"refine-{task}", out)
+            onpolicy = read_samples(path).samples
+            rng = random.Random(r)
+            mix = onpolicy + rng.sample(train_part, min(len(train_part), len(onpolicy))) + val_part
+            mix_path = DATA / f"{task}-mix-r{r}.jsonl"
+            with SampleWriter(mix_path) as w:
+                for smp in mix:
+                    w.write(smp)
+            cfg = TrainConfig(
+                data=str(mix_path), output_dir=str(ckpt), reward=None, num_layers=args.layers,
+                lr=args.lr, passes=args.passes, lam=0.95, epochs_per_batch=4, batch_size=8,
+                heldout_fraction=0.1, seed=0, device="cpu", num_threads=args.threads,
+                end_state=True, base_model="SmolLM2-135M-Instruct (Q4_1 GGUF, llama-cpp-python)",
+            )
+            start = time.perf_counter()
+            result = train(cfg, model=prev)
+            out[key] = {"task": task, "checkpoint": str(ckpt), "from": str(_checkpoint(task, args, r - 1)),
+                        "seconds": round(time.perf_counter() - start, 1),
+                        "onpolicy_samples": len(onpolicy), "mix_samples": len(mix),
+                        "beta": args.refine_beta, "validation_before": _validation_metrics(prev, task),
+                        "validation_after": _validation_metrics(result.model, task)}
+            _save_state(f"refine-{task}", out)
+    return _state("refine")
+
+
+def _load(task: str, args: argparse.Namespace, round_: int | None = None) -> Any:
     from estimators.baselines import load_value_function
 
-    return load_value_function(str(_checkpoint(task, args)))
+    return load_value_function(str(_checkpoint(task, args, round_)))
 
 
 def values_after_tokens(value_fn: Any, samples: Sequence[Sample], tokenizer: Any, n: int) -> list[float]:
@@ -237,9 +324,11 @@ def values_after_tokens(value_fn: Any, samples: Sequence[Sample], tokenizer: Any
 def phase_spearman(tasks: Sequence[str], args: argparse.Namespace, judge_endpoint: Any) -> dict[str, Any]:
     """Held-out Spearman at half the completion: the learned model vs every cheap baseline
     (the prefix reward, VADER of the prefix, a words-so-far table fitted on the training
-    samples); the judge on the prefix too, with its calls (one per state scored)."""
+    samples); the judge on the prefix too, with its calls (one per state scored). Each free one
+    also at fixed positions, pooled and within prompts (what steering uses); and rerank mode
+    with the learned model, scored offline on the same held-out pools as Best-of-N."""
     from estimators.baselines import PrefixRewardValue
-    from estimators.evaluate import spearman, values_at
+    from estimators.evaluate import END, spearman, spearman_within, values_at
     from estimators.words_so_far import WordsSoFarValue
 
     for task in tasks:
@@ -248,6 +337,7 @@ def phase_spearman(tasks: Sequence[str], args: argparse.Namespace, judge_endpoin
             continue
         samples = read_samples(_scored_path(task, "heldout")).samples
         rewards = [float(s.reward) for s in samples]
+        groups = [prompt_key(s.prompt) for s in samples]
         learned = _load(task, args)
         tok = learned.tokenizer
         train_samples = read_samples(_scored_path(task, "train")).samples
@@ -268,18 +358,25 @@ def phase_spearman(tasks: Sequence[str], args: argparse.Namespace, judge_endpoin
                           "seconds": round(time.perf_counter() - start, 1),
                           "judge_calls": judge_usage(metered)["calls"] - before}
             if getattr(metered, "usage", None) is None:  # free ones: also at fixed positions
+                rows[name]["within_prompt_spearman@0.5"] = spearman_within(vals, rewards, groups)
                 for n in FIXED_TOKENS:
-                    rows[name][f"spearman@{n}tokens"] = spearman(
-                        values_after_tokens(value_fn, samples, tok, n), rewards)
-        finished = [s for s in samples if s.finish_reason == "stop"]
+                    at_n = values_after_tokens(value_fn, samples, tok, n)
+                    rows[name][f"spearman@{n}tokens"] = spearman(at_n, rewards)
+                    rows[name][f"within_prompt_spearman@{n}tokens"] = spearman_within(at_n, rewards, groups)
+        end = values_at(learned, samples, tok, END)
+        finished = [i for i, s in enumerate(samples) if s.finish_reason == "stop"]
         if finished:
-            end = values_at(learned, finished, tok, "end")
-            rows["learned"]["spearman@end_finished"] = spearman(end, [float(s.reward) for s in finished])
+            rows["learned"]["spearman@end_finished"] = spearman([end[i] for i in finished],
+                                                                [rewards[i] for i in finished])
             rows["learned"]["finished_samples"] = len(finished)
+        rows["learned"]["spearman@end"] = spearman(end, rewards)
+        rows["learned"]["within_prompt_spearman@end"] = spearman_within(end, rewards, groups)
         cheap = [k for k, v in rows.items() if k != "learned" and v["judge_calls"] == 0]
         best = max(cheap, key=lambda k: rows[k]["spearman@0.5"])
-        out[task] = {"n": len(samples), "rows": rows, "best_cheap_baseline": best,
-                     "learned_minus_best_cheap": rows["learned"]["spearman@0.5"] - rows[best]["spearman@0.5"]}
+        out[task] = {"n": len(samples), "model": _checkpoint(task, args).name, "rows": rows,
+                     "best_cheap_baseline": best,
+                     "learned_minus_best_cheap": rows["learned"]["spearman@0.5"] - rows[best]["spearman@0.5"],
+                     "rerank_argmax_offline": {str(n): rerank_offline(samples, end, n) for n in RERANK_POOLS}}
         for n in FIXED_TOKENS:
             key = f"spearman@{n}tokens"
             best_n = max(cheap, key=lambda k: rows[k].get(key, float("-inf")))
@@ -287,6 +384,25 @@ def phase_spearman(tasks: Sequence[str], args: argparse.Namespace, judge_endpoin
             out[task][f"best_cheap_baseline@{n}tokens"] = best_n
         _save_state(f"spearman-{task}", out)
     return _state("spearman")
+
+
+def rerank_offline(samples: Sequence[Sample], values: Sequence[float], n: int) -> dict[str, Any]:
+    """Rerank mode (argmax of the learned V over N base responses) on the first n held-out
+    samples of each prompt: the pools Best-of-n picks from with the true reward. The samples
+    were drawn as rerank mode draws them (the base, neutral samplers), so this is that mode's
+    outcome on these pools, with their billed tokens and no judge call."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_prompt.setdefault(prompt_key(s.prompt), []).append(i)
+    picked, billed = [], 0
+    for idx in by_prompt.values():
+        pool = idx[:n]
+        picked.append(float(samples[max(pool, key=lambda i: values[i])].reward))
+        billed += sum(int(samples[i].usage.get("prompt_tokens", 0))
+                      + int(samples[i].usage.get("completion_tokens", 0)) for i in pool)
+    return {"label": f"rerank argmax V, N={n} (offline)", "responses": len(picked),
+            "mean_reward": statistics.fmean(picked), "sem_reward": sem_of(picked),
+            "billed_tokens_per_response": billed / len(picked), "judge_calls_per_response": 0}
 
 
 # --- steering -------------------------------------------------------------------------------
@@ -307,15 +423,18 @@ def validation_prompts(task: str) -> list[Any]:
 
 
 def run_vas(client: Any, model: str, prompts: Sequence[Any], rewards: dict[str, Any], *,
-            per_prompt: int, max_tokens: int, seed: int, label: str, **vas: Any) -> dict[str, Any]:
+            per_prompt: int, max_tokens: int, seed: int, label: str, keep_samples: bool = False,
+            **vas: Any) -> dict[str, Any]:
     """VAS responses for each prompt, scored by each true reward (judge calls counted apart
-    from the generation's own calls), with their costs."""
+    from the generation's own calls), with their costs. keep_samples: also return them as
+    Samples (row["samples"]) and each reward unrounded (row[name]["rewards_exact"])."""
     from tqdm import tqdm
 
     from estimators.prompt_format import DEFAULT_FORMAT
     from estimators.rewards import compute_rewards
 
     texts, prompt_texts, calls, billed, wall = [], [], 0, 0, 0.0
+    samples: list[Sample] = []
     for i, messages in enumerate(tqdm(prompts, desc=label, file=sys.stderr, leave=False)):
         for j in range(per_prompt):
             # The judge reads the request (its last user turn) as well as the response.
@@ -324,9 +443,15 @@ def run_vas(client: Any, model: str, prompts: Sequence[Any], rewards: dict[str, 
                                                   max_tokens=max_tokens,
                                                   seed=seed * 1_000_003 + i * 101 + j, **vas)
             texts.append(resp.choices[0].message.content or "")
+            u = resp.vas.usage
             calls += resp.vas.api_calls
-            billed += resp.vas.usage.prompt_tokens + resp.vas.usage.completion_tokens
+            billed += u.prompt_tokens + u.completion_tokens
             wall += resp.vas.time_total_s
+            if keep_samples:
+                samples.append(Sample(prompt=messages, prompt_text=prompt_texts[-1], completion=texts[-1],
+                                      finish_reason=resp.choices[0].finish_reason, model=model,
+                                      usage={"prompt_tokens": u.prompt_tokens,
+                                             "completion_tokens": u.completion_tokens}))
     n = len(texts)
     row: dict[str, Any] = {"label": label, "responses": n, "api_calls_per_response": calls / n,
                            "billed_tokens_per_response": billed / n, "wall_s_per_response": wall / n}
@@ -336,7 +461,11 @@ def run_vas(client: Any, model: str, prompts: Sequence[Any], rewards: dict[str, 
         row[name] = {"mean_reward": statistics.fmean(scores), "sem_reward": sem_of(scores),
                      "scoring_judge_calls_per_response": (judge_usage(reward)["calls"] - before) / n,
                      "rewards": [round(r, 4) for r in scores]}
+        if keep_samples:
+            row[name]["rewards_exact"] = scores
     row["texts"] = texts
+    if keep_samples:
+        row["samples"] = samples
     return row
 
 
@@ -375,7 +504,7 @@ def phase_steer(tasks: Sequence[str], args: argparse.Namespace, server: Any, jud
         val_prompts = validation_prompts(task)
         sweep = {}
         for beta in args.betas:
-            row = run_vas(client, server.model, val_prompts, {task: reward}, per_prompt=1,
+            row = run_vas(client, server.model, val_prompts, {task: reward}, per_prompt=args.val_per_prompt,
                           max_tokens=args.max_tokens, seed=7, label=f"{task} val beta={beta:g}",
                           beta=beta)
             sweep[f"{beta:g}"] = {"mean_reward": row[task]["mean_reward"],
@@ -395,6 +524,7 @@ def phase_steer(tasks: Sequence[str], args: argparse.Namespace, server: Any, jud
         base_billed = statistics.fmean(int(s.usage.get("prompt_tokens", 0)) + int(s.usage.get("completion_tokens", 0))
                                        for s in held)
         out[task] = {
+            "model": _checkpoint(task, args).name, "model_round": args.model_round,
             "beta_chosen_on_validation": best_beta, "validation_sweep": sweep,
             "vas": vas_row,
             "base": {"label": "base", "responses": len(base), "mean_reward": statistics.fmean(base),
@@ -440,7 +570,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--passes", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--split", action="append", choices=("train", "heldout"),
+                    help="score phase: only these splits (two runs can then share the cores)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--model-round", type=int, default=0,
+                    help="rounds of on-policy refinement (refine phase); later phases use that round's model")
+    ap.add_argument("--refine-per-prompt", type=int, default=2, help="VAS samples per training prompt a round")
+    ap.add_argument("--refine-beta", type=float, default=8.0, help="beta of the on-policy samples")
+    ap.add_argument("--val-per-prompt", type=int, default=2, help="VAS responses per validation prompt and beta")
     ap.add_argument("--mode", default="speculative")
     ap.add_argument("--betas", type=float, nargs="+", default=[2.0, 4.0, 8.0])
     ap.add_argument("--per-prompt", type=int, default=1, help="held-out VAS responses per prompt")
@@ -461,9 +598,11 @@ def main() -> None:
     with LocalServer(n_threads=1) as server:
         judge_endpoint = (server.client(max_retries=2, timeout=300), server.model)
         if "score" in phases:
-            phase_score(tasks, judge_endpoint)
+            phase_score(tasks, judge_endpoint, args.split or ["train", "heldout"])
         if "train" in phases:
             phase_train(tasks, args)
+        if "refine" in phases and args.model_round > 0:
+            phase_refine(tasks, args, server, judge_endpoint)
         if "spearman" in phases:
             phase_spearman(tasks, args, judge_endpoint)
         if "steer" in phases:
@@ -480,6 +619,7 @@ def report(args: argparse.Namespace) -> None:
         "benchmark": "values_benchmark", "machine_detail": machine(),
         "base_model": "SmolLM2-135M-Instruct (Q4_1 GGUF, llama-cpp-python)",
         "data": _state("data"), "scoring": _state("score"), "training": tr,
+        "on_policy_refinement": _state("refine"),
         "spearman_at_half": sp, "steering": st, "composition": _state("compose"),
         "notes": args.note,
     }
@@ -489,13 +629,23 @@ def report(args: argparse.Namespace) -> None:
         payload["lookahead_spearman_learned_minus_best_baseline"] = sp["ending"]["learned_minus_best_cheap"]
     payload["lookahead_spearman_learned_minus_best_baseline_by_task"] = {
         t: v["learned_minus_best_cheap"] for t, v in sp.items()}
-    payload["learned_minus_best_cheap_at_16_tokens_by_task"] = {
-        t: v.get("learned_minus_best_cheap@16tokens") for t, v in sp.items()}
+    for n in (16, 32):
+        payload[f"learned_minus_best_cheap_at_{n}_tokens_by_task"] = {
+            t: v.get(f"learned_minus_best_cheap@{n}tokens") for t, v in sp.items()}
+    payload["within_prompt_spearman_at_half_by_task"] = {
+        t: {name: row.get("within_prompt_spearman@0.5") for name, row in v["rows"].items()
+            if "within_prompt_spearman@0.5" in row} for t, v in sp.items()}
     if "judge" in st:
         j = st["judge"]
         payload["judge_vas_minus_bon8"] = j["vas"]["judge"]["mean_reward"] - j["best_of_8"]["mean_reward"]
         payload["judge_vas_billed_tokens_per_response"] = j["vas"]["billed_tokens_per_response"]
         payload["judge_bon8_billed_tokens_per_response"] = j["best_of_8"]["billed_tokens_per_response"]
+    if "judge" in st and "judge" in sp:
+        # Rerank mode with the learned model: a different algorithm from token-level VAS (DESIGN
+        # section 5), scored offline on the same held-out pools as Best-of-N; listed apart.
+        for n, row in sp["judge"]["rerank_argmax_offline"].items():
+            payload[f"judge_rerank{n}_minus_bon8"] = row["mean_reward"] - st["judge"]["best_of_8"]["mean_reward"]
+            payload[f"judge_rerank{n}_billed_tokens_per_response"] = row["billed_tokens_per_response"]
     path = write_result("values_benchmark", payload)
     print(json.dumps({k: v for k, v in payload.items() if not isinstance(v, dict | list)}, indent=1))
     print(f"wrote {path}")

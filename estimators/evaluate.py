@@ -30,7 +30,7 @@ from .data import Sample
 from .prompt_format import prompt_text_for, values_for
 from .states import split_states
 
-__all__ = ["END", "spearman", "evaluate_value", "values_at", "metrics_of", "json_safe", "DEFAULT_FRACTIONS"]
+__all__ = ["END", "spearman", "spearman_within", "evaluate_value", "values_at", "metrics_of", "json_safe", "DEFAULT_FRACTIONS"]
 
 DEFAULT_FRACTIONS = (0.0, 0.5, 1.0)
 
@@ -77,6 +77,31 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     if vx == 0 or vy == 0:
         return math.nan
     return cov / math.sqrt(vx * vy)
+
+
+def spearman_within(x: Sequence[float], y: Sequence[float], groups: Sequence[Any]) -> float:
+    """Mean Spearman correlation within groups (e.g. the samples of one prompt).
+
+    Steering only ever compares continuations of the same prefix, so what a value model must get
+    right is the order *within* a prompt; the pooled `spearman` also credits it for ranking the
+    prompts, which steering never uses. Groups with fewer than 3 items, or where either side is
+    constant, are left out.
+
+    Returns:
+        The unweighted mean over the groups that count, or NaN when none does.
+
+    Raises:
+        ValueError: the three sequences differ in length.
+    """
+    if not len(x) == len(y) == len(groups):
+        raise ValueError(f"spearman_within needs equal lengths, got {len(x)}, {len(y)}, {len(groups)}")
+    by_group: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    per_group = [spearman([x[i] for i in idx], [y[i] for i in idx])
+                 for idx in by_group.values() if len(idx) >= 3]
+    per_group = [r for r in per_group if not math.isnan(r)]
+    return sum(per_group) / len(per_group) if per_group else math.nan
 
 
 def _as_floats(values: Any) -> list[float]:

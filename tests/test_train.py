@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from estimators.baselines import (  # noqa: E402
     load_value_function,
 )
 from estimators.data import Sample, read_samples, write_samples  # noqa: E402
-from estimators.evaluate import evaluate_value, spearman, values_at  # noqa: E402
+from estimators.evaluate import evaluate_value, spearman, spearman_within, values_at  # noqa: E402
 from estimators.states import split_states  # noqa: E402
 from estimators.train import TrainConfig, score_samples, split_by_prompt, train  # noqa: E402
 from estimators.value_model import ValueModel  # noqa: E402
@@ -228,6 +229,21 @@ def test_spearman_matches_scipy_with_ties():
     x = [rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in range(50)]
     y = [v + rng.gauss(0, 0.5) if i % 3 else 0.0 for i, v in enumerate(x)]
     assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+
+
+def test_spearman_within_ignores_the_order_of_groups():
+    # Within each group x orders y perfectly, but group b sits below group a on x and above it
+    # on y: the pooled correlation is negative, the within-group one is exactly 1.
+    x = [10, 11, 12, 0, 1, 2]
+    y = [0, 1, 2, 10, 11, 12]
+    groups = ["a"] * 3 + ["b"] * 3
+    assert spearman(x, y) < 0
+    assert spearman_within(x, y, groups) == pytest.approx(1.0)
+    # Groups of fewer than 3, or constant on one side, do not count.
+    assert math.isnan(spearman_within([1, 2, 5, 5, 5], [2, 1, 1, 2, 3], ["a", "a", "b", "b", "b"]))
+    assert spearman_within([3, 2, 1, 7, 8, 9], [1, 2, 3, 4, 4, 4], ["a"] * 3 + ["b"] * 3) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="equal lengths"):
+        spearman_within([1, 2], [1, 2], ["a"])
 
 
 def test_bad_inputs(data, tmp_path):
