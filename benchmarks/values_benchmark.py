@@ -51,7 +51,7 @@ from vas_api.paths import cache_dir  # noqa: E402
 PROMPTS = ROOT / "estimators" / "data"
 DATA = cache_dir() / "values_benchmark"
 MODELS = cache_dir() / "models"
-PHASES = ("data", "score", "train", "refine", "spearman", "steer", "compose")
+PHASES = ("data", "score", "train", "refine", "validate", "spearman", "steer", "compose")
 TASKS = ("ending", "judge", "sentiment")
 # Fixed positions (value-model tokens into the completion) for a second view of the Spearman.
 # 32 is half the 64-token budget: "half the completion" at a position that, unlike half of each
@@ -187,7 +187,8 @@ def _score(reward: Any, samples: Sequence[Sample], chunk: int = 64) -> list[floa
 def _checkpoint(task: str, args: argparse.Namespace, round_: int | None = None) -> Path:
     """Round 0: trained on base samples; round r > 0: after r rounds of on-policy refinement."""
     r = args.model_round if round_ is None else round_
-    return MODELS / (f"values-{task}-L{args.layers}-lr{args.lr:g}{args.tag}" + (f"-r{r}" if r else ""))
+    return MODELS / (f"values-{task}-L{args.layers}-lr{args.lr:g}{args.tag}" + ("-centered" if args.center else "")
+                     + (f"-r{r}" if r else ""))
 
 
 def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -195,16 +196,16 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
     from estimators.train import TrainConfig, train
 
     for task in tasks:
-        out = _state(f"train-{task}")
         ckpt = _checkpoint(task, args, 0)
         key = ckpt.name
+        out = _state(f"train-{task}-{key}")  # one file per variant: variants can train side by side
         if (ckpt / "config.json").exists() and key in out:
             continue
         cfg = TrainConfig(
             data=str(_scored_path(task, "train")), output_dir=str(ckpt), reward=None,
             num_layers=args.layers, lr=args.lr, passes=args.passes, lam=0.95,
             epochs_per_batch=4, batch_size=8, heldout_fraction=0.1, seed=0, device="cpu",
-            num_threads=args.threads, end_state=True,
+            num_threads=args.threads, end_state=True, center_rewards=args.center,
             base_model="SmolLM2-135M-Instruct (Q4_1 GGUF, llama-cpp-python)",
         )
         result = train(cfg)
@@ -213,28 +214,54 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
                     "batches": meta["batches"], "train_samples": meta["train_samples"],
                     "val_samples": meta["val_samples"], "validation": meta["val"],
                     "layers": args.layers, "lr": args.lr, "passes": args.passes,
-                    "end_state": True, "threads": args.threads}
-        _save_state(f"train-{task}", out)
+                    "end_state": True, "center_rewards": args.center, "threads": args.threads}
+        _save_state(f"train-{task}-{key}", out)
     return _state("train")
 
 
-def _validation_metrics(value_fn: Any, task: str) -> dict[str, float]:
+def _validation_metrics(value_fn: Any, task: str, fit_samples: int = 160) -> dict[str, float]:
     """Pooled and within-prompt Spearman on the validation split of the training prompts, at
-    half the completion, at half the budget (32 tokens) and at the end state."""
+    half the completion, at half the budget (32 tokens) and at the end state; and the same at
+    half on about `fit_samples` of the samples it was trained on (whole prompts; fit_...), which tells a model that
+    could not fit its data from one that fit it and does not generalise."""
+    import random
+
     from estimators.evaluate import END, spearman, spearman_within, values_at
     from estimators.train import split_by_prompt
 
-    _, val = split_by_prompt(read_samples(_scored_path(task, "train")).samples, 0.1, 0)
-    rewards = [float(s.reward) for s in val]
-    groups = [prompt_key(s.prompt) for s in val]
+    train_part, val = split_by_prompt(read_samples(_scored_path(task, "train")).samples, 0.1, 0)
     tok = value_fn.tokenizer
     out: dict[str, float] = {"n": len(val)}
-    for name, vals in (("0.5", values_at(value_fn, val, tok, 0.5)),
-                       ("32tokens", values_after_tokens(value_fn, val, tok, 32)),
-                       ("end", values_at(value_fn, val, tok, END))):
-        out[f"spearman@{name}"] = spearman(vals, rewards)
-        out[f"within_prompt_spearman@{name}"] = spearman_within(vals, rewards, groups)
+    # Whole prompts, so the within-prompt figure has every sample of a prompt.
+    keys = sorted({prompt_key(s.prompt) for s in train_part})
+    per_prompt = max(1, len(train_part) // max(1, len(keys)))
+    chosen = set(random.Random(0).sample(keys, min(len(keys), max(1, fit_samples // per_prompt))))
+    fit = [s for s in train_part if prompt_key(s.prompt) in chosen]
+    for label, part in (("", val), ("fit_", fit)):
+        rewards = [float(s.reward) for s in part]
+        groups = [prompt_key(s.prompt) for s in part]
+        views = [("0.5", values_at(value_fn, part, tok, 0.5))]
+        if not label:
+            views += [("32tokens", values_after_tokens(value_fn, part, tok, 32)),
+                      ("end", values_at(value_fn, part, tok, END))]
+        for name, vals in views:
+            out[f"{label}spearman@{name}"] = spearman(vals, rewards)
+            out[f"{label}within_prompt_spearman@{name}"] = spearman_within(vals, rewards, groups)
     return out
+
+
+def phase_validate(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Validation metrics (pooled and within prompts) of this run's checkpoint of each task:
+    how training variants and refinement rounds are compared, on the training prompts only."""
+    for task in tasks:
+        name = _checkpoint(task, args).name
+        out = _state(f"validate-{name}")
+        if name not in out:
+            start = time.perf_counter()
+            out[name] = {"task": task, **_validation_metrics(_load(task, args), task),
+                         "seconds": round(time.perf_counter() - start, 1)}
+            _save_state(f"validate-{name}", out)
+    return _state("validate")
 
 
 def phase_refine(tasks: Sequence[str], args: argparse.Namespace, server: Any, judge_endpoint: Any) -> dict[str, Any]:
@@ -285,7 +312,8 @@ def phase_refine(tasks: Sequence[str], args: argparse.Namespace, server: Any, ju
                 data=str(mix_path), output_dir=str(ckpt), reward=None, num_layers=args.layers,
                 lr=args.lr, passes=args.passes, lam=0.95, epochs_per_batch=4, batch_size=8,
                 heldout_fraction=0.1, seed=0, device="cpu", num_threads=args.threads,
-                end_state=True, base_model="SmolLM2-135M-Instruct (Q4_1 GGUF, llama-cpp-python)",
+                end_state=True, center_rewards=args.center,
+                base_model="SmolLM2-135M-Instruct (Q4_1 GGUF, llama-cpp-python)",
             )
             start = time.perf_counter()
             result = train(cfg, model=prev)
@@ -573,6 +601,8 @@ def main() -> None:
     ap.add_argument("--split", action="append", choices=("train", "heldout"),
                     help="score phase: only these splits (two runs can then share the cores)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--center", action="store_true",
+                    help="train on rewards centered per prompt (TrainConfig.center_rewards)")
     ap.add_argument("--model-round", type=int, default=0,
                     help="rounds of on-policy refinement (refine phase); later phases use that round's model")
     ap.add_argument("--refine-per-prompt", type=int, default=2, help="VAS samples per training prompt a round")
@@ -603,6 +633,8 @@ def main() -> None:
             phase_train(tasks, args)
         if "refine" in phases and args.model_round > 0:
             phase_refine(tasks, args, server, judge_endpoint)
+        if "validate" in phases:
+            phase_validate(tasks, args)
         if "spearman" in phases:
             phase_spearman(tasks, args, judge_endpoint)
         if "steer" in phases:
@@ -619,7 +651,7 @@ def report(args: argparse.Namespace) -> None:
         "benchmark": "values_benchmark", "machine_detail": machine(),
         "base_model": "SmolLM2-135M-Instruct (Q4_1 GGUF, llama-cpp-python)",
         "data": _state("data"), "scoring": _state("score"), "training": tr,
-        "on_policy_refinement": _state("refine"),
+        "on_policy_refinement": _state("refine"), "validation": _state("validate"),
         "spearman_at_half": sp, "steering": st, "composition": _state("compose"),
         "notes": args.note,
     }

@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from .rewards import build_reward, compute_rewards
 from .states import StateSplit, split_states
 from .td import last_state_rewards, td_lambda_returns, value_loss
 
-__all__ = ["TrainConfig", "TrainResult", "train", "split_by_prompt", "score_samples"]
+__all__ = ["TrainConfig", "TrainResult", "train", "split_by_prompt", "center_by_prompt", "score_samples"]
 
 
 @dataclass
@@ -68,6 +68,13 @@ class TrainConfig:
     # Finished samples ("stop") get an end state (text + EOS) that holds the reward; the saved
     # model then has end_state=True and scores EOS candidates as text + END_OF_TEXT.
     end_state: bool = True
+    # Subtract from each reward the mean reward of its prompt's samples (train and validation
+    # splits apart). Steering compares continuations of one prefix and rerank responses to one
+    # prompt, so an offset per prompt changes nothing VAS does; without it most of the loss goes
+    # to telling prompts apart (63% of the judge reward's variance is between prompts) and little
+    # to the order within a prompt. The saved values are then relative to their prompt's mean:
+    # rank them within a prompt, not across prompts. Needs several samples per prompt.
+    center_rewards: bool = False
     lam: float = 0.95  # TD(lambda); 0 = TD(0), 1 = Monte Carlo
     gamma: float = 1.0
     lr: float = 5e-5
@@ -117,7 +124,7 @@ class TrainConfig:
 
 
 # What a field meant in a saved run from before it existed.
-_LEGACY_DEFAULTS = {"prompt_format": "base", "end_state": False}
+_LEGACY_DEFAULTS = {"prompt_format": "base", "end_state": False, "center_rewards": False}
 
 # Fields that may change when a run is resumed (they do not change what was already done).
 _RESUMABLE_CHANGES = {
@@ -174,6 +181,21 @@ def score_samples(samples: list[Sample], spec: str | None, *, chunk: int = 512) 
         for s, r in zip(part, scores, strict=True):
             s.reward = r
     return samples
+
+
+def center_by_prompt(samples: list[Sample]) -> list[Sample]:
+    """Copies of `samples` with each reward minus the mean reward of its prompt's samples.
+
+    Raises:
+        DataError: a sample has no reward.
+    """
+    if any(s.reward is None for s in samples):
+        raise DataError("centering rewards needs every sample scored")
+    groups: dict[str, list[float]] = {}
+    for s in samples:
+        groups.setdefault(prompt_key(s.prompt), []).append(float(s.reward))  # type: ignore[arg-type]
+    means = {k: sum(v) / len(v) for k, v in groups.items()}
+    return [replace(s, reward=float(s.reward) - means[prompt_key(s.prompt)]) for s in samples]  # type: ignore[arg-type]
 
 
 def split_by_prompt(
@@ -435,6 +457,8 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
     train_samples, val_samples = split_by_prompt(samples, cfg.heldout_fraction, cfg.seed)
     if not train_samples:
         raise DataError(f"no training samples in {cfg.data}")
+    if cfg.center_rewards:
+        train_samples, val_samples = center_by_prompt(train_samples), center_by_prompt(val_samples)
 
     model = _build_model(cfg, model)
     device = next(model.parameters()).device
@@ -542,7 +566,8 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
     _merge_lora(model)
     base_models = sorted({s.model for s in samples if s.model})
     model.config.metadata.update({
-        "reward": cfg.reward if cfg.reward is not None else "stored rewards",
+        "reward": (cfg.reward if cfg.reward is not None else "stored rewards")
+        + (", centered per prompt" if cfg.center_rewards else ""),
         "base_model": cfg.base_model or ", ".join(base_models),
         "training": {
             "algorithm": f"TD(lambda={cfg.lam}), gamma={cfg.gamma}",

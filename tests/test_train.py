@@ -19,7 +19,7 @@ from estimators.baselines import (  # noqa: E402
 from estimators.data import Sample, read_samples, write_samples  # noqa: E402
 from estimators.evaluate import evaluate_value, spearman, spearman_within, values_at  # noqa: E402
 from estimators.states import split_states  # noqa: E402
-from estimators.train import TrainConfig, score_samples, split_by_prompt, train  # noqa: E402
+from estimators.train import TrainConfig, center_by_prompt, score_samples, split_by_prompt, train  # noqa: E402
 from estimators.value_model import ValueModel  # noqa: E402
 from vas_api.errors import CheckpointError, ConfigError, DataError  # noqa: E402
 
@@ -244,6 +244,28 @@ def test_spearman_within_ignores_the_order_of_groups():
     assert spearman_within([3, 2, 1, 7, 8, 9], [1, 2, 3, 4, 4, 4], ["a"] * 3 + ["b"] * 3) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="equal lengths"):
         spearman_within([1, 2], [1, 2], ["a"])
+
+
+def test_center_by_prompt_zeroes_each_prompts_mean_and_keeps_its_order():
+    rows = [Sample("a", chat("a"), c, "stop", "m", reward=r) for c, r in (("x", 1.0), ("y", 3.0))]
+    rows += [Sample("b", chat("b"), c, "stop", "m", reward=r) for c, r in (("x", 10.0), ("y", 10.0), ("z", 13.0))]
+    out = center_by_prompt(rows)
+    assert [s.reward for s in out] == pytest.approx([-1.0, 1.0, -1.0, -1.0, 2.0])
+    assert [s.reward for s in rows] == [1.0, 3.0, 10.0, 10.0, 13.0]  # copies: the input is untouched
+    with pytest.raises(DataError, match="every sample scored"):
+        center_by_prompt([Sample("a", chat("a"), "x", "stop", "m")])
+
+
+def test_training_on_centered_rewards_says_so(data, tmp_path):
+    result = train(_cfg(data, tmp_path / "c", center_rewards=True, heldout_fraction=0.34),
+                   model=tiny_model(), progress=False)
+    meta = result.model.config.metadata
+    assert meta["reward"].endswith("centered per prompt")
+    assert meta["training"]["config"]["center_rewards"] is True
+    # A resumed run with the other setting is refused: it would train toward other targets.
+    with pytest.raises(ConfigError, match="center_rewards"):
+        train(_cfg(data, tmp_path / "c", center_rewards=False, heldout_fraction=0.34, passes=2),
+              model=tiny_model(), progress=False)
 
 
 def test_bad_inputs(data, tmp_path):

@@ -94,6 +94,9 @@ def train_command(
     end_state: Annotated[bool, typer.Option(
         help="Give finished samples an end-of-sequence state that holds the reward (V tells 'stop here' from 'keep going').",
     )] = True,
+    center_rewards: Annotated[bool, typer.Option(
+        help="Subtract each prompt's mean reward (needs several samples per prompt): all the loss goes to the order within a prompt, which is all steering uses.",
+    )] = False,
     lam: Annotated[float, typer.Option(help="TD(lambda): 0 = TD(0), 1 = Monte Carlo.")] = 0.95,
     gamma: Annotated[float, typer.Option()] = 1.0,
     lr: Annotated[float, typer.Option()] = 5e-5,
@@ -116,7 +119,8 @@ def train_command(
 
     settings = dict(
         data=str(data), output_dir=str(out), reward=None if reward == "stored" else reward,
-        backbone=backbone, num_layers=layers, residual=residual, prompt_format=prompt_format, end_state=end_state, lam=lam, gamma=gamma, lr=lr,
+        backbone=backbone, num_layers=layers, residual=residual, prompt_format=prompt_format, end_state=end_state,
+        center_rewards=center_rewards, lam=lam, gamma=gamma, lr=lr,
         batch_size=batch_size, grad_accum=grad_accum, epochs_per_batch=epochs_per_batch,
         passes=passes, max_length=max_length, freeze_backbone=freeze_backbone, lora_r=lora_r,
         heldout_fraction=heldout_fraction, seed=seed, device=device, num_threads=threads,
