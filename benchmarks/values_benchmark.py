@@ -315,12 +315,13 @@ def phase_refine(tasks: Sequence[str], args: argparse.Namespace, server: Any, ju
                 end_state=True, center_rewards=args.center,
                 base_model="SmolLM2-135M-Instruct (Q4_1 GGUF, llama-cpp-python)",
             )
+            before = _validation_metrics(prev, task)  # train() updates prev in place
             start = time.perf_counter()
             result = train(cfg, model=prev)
             out[key] = {"task": task, "checkpoint": str(ckpt), "from": str(_checkpoint(task, args, r - 1)),
                         "seconds": round(time.perf_counter() - start, 1),
                         "onpolicy_samples": len(onpolicy), "mix_samples": len(mix),
-                        "beta": args.refine_beta, "validation_before": _validation_metrics(prev, task),
+                        "beta": args.refine_beta, "validation_before": before,
                         "validation_after": _validation_metrics(result.model, task)}
             _save_state(f"refine-{task}", out)
     return _state("refine")
