@@ -13,8 +13,13 @@ Phases (each cached under ~/.cache/vas-api/values_benchmark/, so a re-run resume
 1. data: `vas collect` samples (train: --n-train per prompt, held-out: --n-heldout);
 2. score: every task's reward of every sample (the judge's calls and tokens are counted);
 3. train: one TD(lambda) value model per task, with the end of sequence as its own state;
-   training choices are made on the validation split of the training prompts only;
-4. spearman: held-out Spearman at half the completion, learned vs every cheap baseline;
+   variants (--lr, --passes with --tag, --center) each get their own checkpoint;
+   refine (--model-round R): on-policy rounds, VAS samples of the previous round's model on the
+   training prompts, scored and mixed with base samples, fine-tuned from it;
+   validate: pooled and within-prompt Spearman on the validation split of the training prompts,
+   how variants and rounds are chosen (never on the held-out prompts);
+4. spearman: held-out Spearman at half the completion, learned vs every cheap baseline, pooled
+   and within prompts, and rerank mode with the learned model on the Best-of-N pools;
 5. steer: the beta of each task is picked on the validation prompts; held-out VAS at that beta
    against base sampling, Best-of-8 and Best-of-16 with the true reward (from the held-out
    samples), with billed tokens per response (judge calls included);
@@ -572,7 +577,10 @@ def phase_compose(args: argparse.Namespace, server: Any, judge_endpoint: Any) ->
     out = _state("compose")
     lines = [ln for ln in (PROMPTS / "heldout_prompts.txt").read_text().splitlines() if ln.strip()]
     prompts = [as_prompt(ln) for ln in lines[: args.compose_prompts]]
-    models = [_load("judge", args), _load("ending", args)]
+    from estimators.baselines import load_value_function
+
+    ending = MODELS / args.compose_ending if args.compose_ending else _checkpoint("ending", args)
+    models = [_load("judge", args), load_value_function(str(ending))]
     rewards = {"judge": make_reward("judge", judge_endpoint), "ending": make_reward("ending", None)}
     client = server.wrap(value_model=models, mode=args.mode, k=20)
     top = max(args.betas)
@@ -613,6 +621,8 @@ def main() -> None:
     ap.add_argument("--betas", type=float, nargs="+", default=[2.0, 4.0, 8.0])
     ap.add_argument("--per-prompt", type=int, default=1, help="held-out VAS responses per prompt")
     ap.add_argument("--compose-prompts", type=int, default=16)
+    ap.add_argument("--compose-ending", default=None,
+                    help="compose: the ending model's checkpoint name under the models cache (default: this run's)")
     ap.add_argument("--judge-prefix-baseline", action=argparse.BooleanOptionalAction, default=True,
                     help="also score the judge on every held-out prefix (one call each)")
     ap.add_argument("--note", action="append", default=[])
