@@ -13,7 +13,7 @@ Phases (each cached under ~/.cache/vas-api/values_benchmark/, so a re-run resume
 1. data: `vas collect` samples (train: --n-train per prompt, held-out: --n-heldout);
 2. score: every task's reward of every sample (the judge's calls and tokens are counted);
 3. train: one TD(lambda) value model per task, with the end of sequence as its own state;
-   variants (--lr, --passes with --tag, --center) each get their own checkpoint;
+   variants (--lr, --passes with --tag, --center, --freeze) each get their own checkpoint;
    refine (--model-round R): on-policy rounds, VAS samples of the previous round's model on the
    training prompts, scored and mixed with base samples, fine-tuned from it;
    validate: pooled and within-prompt Spearman on the validation split of the training prompts,
@@ -193,7 +193,7 @@ def _checkpoint(task: str, args: argparse.Namespace, round_: int | None = None) 
     """Round 0: trained on base samples; round r > 0: after r rounds of on-policy refinement."""
     r = args.model_round if round_ is None else round_
     return MODELS / (f"values-{task}-L{args.layers}-lr{args.lr:g}{args.tag}" + ("-centered" if args.center else "")
-                     + (f"-r{r}" if r else ""))
+                     + ("-frozen" if args.freeze else "") + (f"-r{r}" if r else ""))
 
 
 def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -211,6 +211,7 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
             num_layers=args.layers, lr=args.lr, passes=args.passes, lam=0.95,
             epochs_per_batch=4, batch_size=8, heldout_fraction=0.1, seed=0, device="cpu",
             num_threads=args.threads, end_state=True, center_rewards=args.center,
+            freeze_backbone=args.freeze, eval_every=-1 if args.freeze else 0,
             base_model="SmolLM2-135M-Instruct (Q4_1 GGUF, llama-cpp-python)",
         )
         result = train(cfg)
@@ -219,7 +220,8 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
                     "batches": meta["batches"], "train_samples": meta["train_samples"],
                     "val_samples": meta["val_samples"], "validation": meta["val"],
                     "layers": args.layers, "lr": args.lr, "passes": args.passes,
-                    "end_state": True, "center_rewards": args.center, "threads": args.threads}
+                    "end_state": True, "center_rewards": args.center, "threads": args.threads,
+                    "freeze_backbone": args.freeze}
         _save_state(f"train-{task}-{key}", out)
     return _state("train")
 
@@ -612,6 +614,8 @@ def main() -> None:
     ap.add_argument("--tag", default="")
     ap.add_argument("--center", action="store_true",
                     help="train on rewards centered per prompt (TrainConfig.center_rewards)")
+    ap.add_argument("--freeze", action="store_true",
+                    help="train the value head only, on the frozen backbone's features (computed once)")
     ap.add_argument("--model-round", type=int, default=0,
                     help="rounds of on-policy refinement (refine phase); later phases use that round's model")
     ap.add_argument("--refine-per-prompt", type=int, default=2, help="VAS samples per training prompt a round")

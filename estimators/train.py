@@ -15,6 +15,10 @@ is on both sides); the held-out prompt files of the benchmark are never seen her
 every `save_every` batches the trainable weights, optimizer state and position are saved under
 `<output_dir>/train_state/` (safetensors + JSON, no pickles); running again with the same
 config continues from there.
+
+With `freeze_backbone`, the backbone's output for each sample is computed once and kept (up to
+FEATURE_CACHE_BYTES), so every later target and optimizer step runs the value head only: a
+frozen deep backbone costs one forward pass over the data however many passes train the head.
 """
 
 from __future__ import annotations
@@ -86,13 +90,14 @@ class TrainConfig:
     epochs_per_batch: int = 4  # optimizer steps on each batch's fixed targets
     passes: int = 1  # passes over the training samples
     max_length: int = 256  # tokens; longer texts lose prompt tokens from the left
-    freeze_backbone: bool = False  # train the value head only
+    freeze_backbone: bool = False  # train the value head only (backbone run once per sample)
     lora_r: int = 0  # > 0: train LoRA adapters of this rank (merged before saving) + the head
     lora_alpha: int = 16
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
     heldout_fraction: float = 0.1  # fraction of prompts kept out for validation
     seed: int = 0
-    eval_every: int = 0  # batches between validations; 0: only at the end of each pass
+    # batches between validations besides the end of each pass; -1: only at the end of training
+    eval_every: int = 0
     save_every: int = 50  # batches between resumable checkpoints
     device: str | None = None  # None: cuda when available, else cpu
     num_threads: int | None = None  # torch CPU threads; 1 is much faster on a busy small CPU
@@ -115,6 +120,8 @@ class TrainConfig:
             problems.append("choose freeze_backbone or lora_r > 0, not both")
         if self.residual and not self.reward:
             problems.append("a residual model needs a reward spec (its baseline)")
+        if self.eval_every < -1:
+            problems.append("eval_every must be -1 (only at the end), 0 (every pass) or positive")
         if self.max_length < 2:
             problems.append("max_length must be at least 2")
         if self.prompt_format not in ("chatml", "base"):
@@ -261,6 +268,47 @@ def _encode(
     return items, too_long
 
 
+# Most bytes of frozen-backbone features kept across passes (fp32, tokens x hidden size);
+# beyond it features are computed once per batch (for its targets and all its epochs).
+FEATURE_CACHE_BYTES = 2 << 30
+
+
+class _FrozenFeatures:
+    """The frozen backbone's last hidden state of each training item, computed once.
+
+    `_values` then runs only the value head on them: identical values to the full forward,
+    since a frozen backbone's output never changes during training.
+    """
+
+    def __init__(self, model: Any, items: list[_Item]) -> None:
+        self.backbone, self.head = model.backbone, model.head
+        hidden = int(self.head.in_features)
+        size = sum(len(it.split.input_ids) for it in items) * hidden * 4
+        self.keep = size <= FEATURE_CACHE_BYTES
+        self.store: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def batch(self, indices: list[int], part: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, hidden) features of the items `indices`, laid out as `part` (right padding)."""
+        lengths = part["attention_mask"].sum(dim=1).tolist()
+        missing = [b for b, i in enumerate(indices) if i not in self.store]
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            out = self.backbone(input_ids=part["input_ids"][missing],
+                                attention_mask=part["attention_mask"][missing], use_cache=False)
+            for row, b in enumerate(missing):
+                fresh[indices[b]] = out.last_hidden_state[row, : int(lengths[b])].float()
+            if self.keep:
+                self.store.update(fresh)
+        B, T = part["input_ids"].shape
+        feats = torch.zeros((B, T, self.head.in_features), device=part["input_ids"].device)
+        for b, i in enumerate(indices):
+            f = fresh.get(i)
+            feats[b, : f.shape[0] if f is not None else int(lengths[b])] = (
+                f if f is not None else self.store[i])
+        return feats
+
+
 def _collate(items: list[_Item], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     T = max(len(it.split.input_ids) for it in items)
     B = len(items)
@@ -282,7 +330,10 @@ def _collate(items: list[_Item], pad_id: int, device: torch.device) -> dict[str,
 
 
 def _values(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    v = model(batch["input_ids"], batch["attention_mask"]).float()  # (B, T)
+    if "features" in batch:  # a frozen backbone's stored output: only the head runs
+        v = model.head(batch["features"].to(model.head.weight.dtype)).squeeze(-1).float()
+    else:
+        v = model(batch["input_ids"], batch["attention_mask"]).float()  # (B, T)
     return v + batch["base"]  # base is 0 unless residual
 
 
@@ -489,6 +540,8 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
             return TrainResult(finished, metrics, history, time.perf_counter() - started,
                                done_batches)
     micro = cfg.batch_size // cfg.grad_accum
+    frozen = (_FrozenFeatures(model, items) if cfg.freeze_backbone
+              and isinstance(getattr(model, "head", None), torch.nn.Linear) else None)
     value_fn = ResidualValueModel(model, baseline) if baseline is not None else model
     bar = _progress(total, done_batches, progress)
     model.eval()  # dropout off, as in the authors' code; gradients still flow
@@ -507,10 +560,12 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
             order = list(range(len(items)))
             random.Random(cfg.seed * 1000 + pass_no).shuffle(order)
             chunk = order[in_pass * cfg.batch_size : (in_pass + 1) * cfg.batch_size]
-            parts = [
-                _collate([items[i] for i in chunk[j : j + micro]], pad_id, device)
-                for j in range(0, len(chunk), micro)
-            ]
+            parts = []
+            for j in range(0, len(chunk), micro):
+                part = _collate([items[i] for i in chunk[j : j + micro]], pad_id, device)
+                if frozen is not None:
+                    part["features"] = frozen.batch(chunk[j : j + micro], part)
+                parts.append(part)
             with torch.no_grad():
                 for part in parts:
                     part["returns"] = td_lambda_returns(
@@ -539,8 +594,9 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[0]:.4f}")
             end_of_pass = batch_index % batches_per_pass == 0
-            if val_samples and ((cfg.eval_every and batch_index % cfg.eval_every == 0)
-                                or end_of_pass):
+            if val_samples and (batch_index == total
+                                or (end_of_pass and cfg.eval_every >= 0)
+                                or (cfg.eval_every > 0 and batch_index % cfg.eval_every == 0)):
                 metrics = evaluate_value(value_fn, val_samples, tokenizer)
                 history.append({"batch": batch_index, "val": metrics})
                 if bar is not None:

@@ -161,6 +161,34 @@ def test_frozen_backbone_trains_only_the_head(data, tmp_path):
     assert changed == {"head.weight", "head.bias"}
 
 
+def _count_backbone_rows(model: ValueModel) -> list[int]:
+    rows: list[int] = []
+    model.backbone.register_forward_hook(lambda _m, _a, kw, _o: rows.append(kw["input_ids"].shape[0]),
+                                         with_kwargs=True)
+    return rows
+
+
+def test_frozen_backbone_runs_once_per_sample_and_trains_the_same_head(data, tmp_path, monkeypatch):
+    import estimators.train as train_mod
+
+    cached = tiny_model()
+    rows = _count_backbone_rows(cached)
+    train(_cfg(data, tmp_path / "cached", freeze_backbone=True, passes=3), model=cached,
+          progress=False)
+    assert sum(rows) == 36  # 36 samples, 3 passes, 2 epochs a batch: each sample once
+
+    monkeypatch.setattr(train_mod, "FEATURE_CACHE_BYTES", 0)  # too big to keep: once per batch
+    per_batch = tiny_model()
+    rows = _count_backbone_rows(per_batch)
+    train(_cfg(data, tmp_path / "per-batch", freeze_backbone=True, passes=3), model=per_batch,
+          progress=False)
+    assert sum(rows) == 3 * 36
+    for name in ("head.weight", "head.bias"):
+        a, b = dict(cached.named_parameters())[name], dict(per_batch.named_parameters())[name]
+        assert torch.allclose(a, b, atol=1e-5), name
+    assert torch.count_nonzero(cached.head.weight) > 0
+
+
 def test_lora_is_merged_into_a_plain_checkpoint(data, tmp_path):
     pytest.importorskip("peft")
     result = train(_cfg(data, tmp_path / "l", lora_r=2, passes=2), model=tiny_model(),
