@@ -28,7 +28,7 @@ Phases (each cached under ~/.cache/vas-api/values_benchmark/, so a re-run resume
 
     .venv/bin/python benchmarks/values_benchmark.py          # everything (resumes)
     .venv/bin/python benchmarks/values_benchmark.py --phase data --phase score
-Writes benchmarks/results/values_benchmark.json and prints a table.
+Writes benchmarks/results/values_benchmark.json (or --results NAME) and prints a table.
 """
 
 from __future__ import annotations
@@ -193,7 +193,8 @@ def _checkpoint(task: str, args: argparse.Namespace, round_: int | None = None) 
     """Round 0: trained on base samples; round r > 0: after r rounds of on-policy refinement."""
     r = args.model_round if round_ is None else round_
     return MODELS / (f"values-{task}-L{args.layers}-lr{args.lr:g}{args.tag}" + ("-centered" if args.center else "")
-                     + ("-frozen" if args.freeze else "") + (f"-r{r}" if r else ""))
+                     + ("-frozen" if args.freeze else "") + ("-n16" if args.extra else "")
+                     + (f"-r{r}" if r else ""))
 
 
 def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -206,8 +207,19 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
         out = _state(f"train-{task}-{key}")  # one file per variant: variants can train side by side
         if (ckpt / "config.json").exists() and key in out:
             continue
+        data = _scored_path(task, "train")
+        if args.extra:  # the same prompts, twice the samples: validation keeps the same prompts
+            data = DATA / f"{task}-train16.jsonl"
+            rows = [*read_samples(_scored_path(task, "train")).samples,
+                    *read_samples(_scored_path(task, "train-extra")).samples]
+            tmp = data.with_suffix(".tmp")  # SampleWriter appends: start from an empty file
+            tmp.unlink(missing_ok=True)
+            with SampleWriter(tmp) as w:
+                for row in rows:
+                    w.write(row)
+            tmp.replace(data)
         cfg = TrainConfig(
-            data=str(_scored_path(task, "train")), output_dir=str(ckpt), reward=None,
+            data=str(data), output_dir=str(ckpt), reward=None,
             num_layers=args.layers, lr=args.lr, passes=args.passes, lam=0.95,
             epochs_per_batch=4, batch_size=8, heldout_fraction=0.1, seed=0, device="cpu",
             num_threads=args.threads, end_state=True, center_rewards=args.center,
@@ -221,7 +233,7 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
                     "val_samples": meta["val_samples"], "validation": meta["val"],
                     "layers": args.layers, "lr": args.lr, "passes": args.passes,
                     "end_state": True, "center_rewards": args.center, "threads": args.threads,
-                    "freeze_backbone": args.freeze}
+                    "freeze_backbone": args.freeze, "data": str(data)}
         _save_state(f"train-{task}-{key}", out)
     return _state("train")
 
@@ -609,8 +621,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--passes", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--split", action="append", choices=("train", "heldout"),
-                    help="score phase: only these splits (two runs can then share the cores)")
+    ap.add_argument("--split", action="append", choices=("train", "heldout", "train-extra"),
+                    help="score phase: only these splits (two runs can then share the cores); "
+                         "train-extra: the samples --extra trains on")
+    ap.add_argument("--extra", action="store_true",
+                    help="train on train.jsonl + train-extra.jsonl (8 more base samples per training "
+                         "prompt, collected by hand: vas collect ... -o train-extra.jsonl --n 8 --seed 2)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--center", action="store_true",
                     help="train on rewards centered per prompt (TrainConfig.center_rewards)")
@@ -630,6 +646,9 @@ def main() -> None:
     ap.add_argument("--judge-prefix-baseline", action=argparse.BooleanOptionalAction, default=True,
                     help="also score the judge on every held-out prefix (one call each)")
     ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--results", default="values_benchmark",
+                    help="the results file's name under benchmarks/results/ (a later run on a new "
+                         "cache writes its own file instead of replacing an earlier run's)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     phases = args.phase or list(PHASES)
@@ -693,7 +712,7 @@ def report(args: argparse.Namespace) -> None:
         for n, row in sp["judge"]["rerank_argmax_offline"].items():
             payload[f"judge_rerank{n}_minus_bon8"] = row["mean_reward"] - st["judge"]["best_of_8"]["mean_reward"]
             payload[f"judge_rerank{n}_billed_tokens_per_response"] = row["billed_tokens_per_response"]
-    path = write_result("values_benchmark", payload)
+    path = write_result(getattr(args, "results", "values_benchmark"), payload)
     print(json.dumps({k: v for k, v in payload.items() if not isinstance(v, dict | list)}, indent=1))
     print(f"wrote {path}")
 
