@@ -194,6 +194,7 @@ def _checkpoint(task: str, args: argparse.Namespace, round_: int | None = None) 
     r = args.model_round if round_ is None else round_
     return MODELS / (f"values-{task}-L{args.layers}-lr{args.lr:g}{args.tag}" + ("-centered" if args.center else "")
                      + ("-frozen" if args.freeze else "") + ("-n16" if args.extra else "")
+                     + (f"-ridge{args.ridge:g}" if args.ridge is not None else "")
                      + (f"-r{r}" if r else ""))
 
 
@@ -223,7 +224,7 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
             num_layers=args.layers, lr=args.lr, passes=args.passes, lam=0.95,
             epochs_per_batch=4, batch_size=8, heldout_fraction=0.1, seed=0, device="cpu",
             num_threads=args.threads, end_state=True, center_rewards=args.center,
-            freeze_backbone=args.freeze, eval_every=-1 if args.freeze else 0,
+            freeze_backbone=args.freeze, ridge=args.ridge, eval_every=-1 if args.freeze else 0,
             base_model="SmolLM2-135M-Instruct (Q4_1 GGUF, llama-cpp-python)",
         )
         result = train(cfg)
@@ -233,7 +234,7 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
                     "val_samples": meta["val_samples"], "validation": meta["val"],
                     "layers": args.layers, "lr": args.lr, "passes": args.passes,
                     "end_state": True, "center_rewards": args.center, "threads": args.threads,
-                    "freeze_backbone": args.freeze, "data": str(data)}
+                    "freeze_backbone": args.freeze, "ridge": args.ridge, "data": str(data)}
         _save_state(f"train-{task}-{key}", out)
     return _state("train")
 
@@ -632,6 +633,8 @@ def main() -> None:
                     help="train on rewards centered per prompt (TrainConfig.center_rewards)")
     ap.add_argument("--freeze", action="store_true",
                     help="train the value head only, on the frozen backbone's features (computed once)")
+    ap.add_argument("--ridge", type=float, default=None,
+                    help="with --freeze: fit the head in closed form (TrainConfig.ridge)")
     ap.add_argument("--model-round", type=int, default=0,
                     help="rounds of on-policy refinement (refine phase); later phases use that round's model")
     ap.add_argument("--refine-per-prompt", type=int, default=2, help="VAS samples per training prompt a round")

@@ -91,6 +91,10 @@ class TrainConfig:
     passes: int = 1  # passes over the training samples
     max_length: int = 256  # tokens; longer texts lose prompt tokens from the left
     freeze_backbone: bool = False  # train the value head only (backbone run once per sample)
+    # With freeze_backbone: fit the head in closed form instead of by TD steps, a ridge regression
+    # of every state's Monte Carlo return (TD(lambda=1)) on the frozen features, with this penalty
+    # per state on the weights. One pass over the data and no learning rate to pick.
+    ridge: float | None = None
     lora_r: int = 0  # > 0: train LoRA adapters of this rank (merged before saving) + the head
     lora_alpha: int = 16
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
@@ -120,6 +124,8 @@ class TrainConfig:
             problems.append("choose freeze_backbone or lora_r > 0, not both")
         if self.residual and not self.reward:
             problems.append("a residual model needs a reward spec (its baseline)")
+        if self.ridge is not None and not (self.freeze_backbone and self.ridge >= 0):
+            problems.append("ridge needs freeze_backbone=True and a penalty >= 0")
         if self.eval_every < -1:
             problems.append("eval_every must be -1 (only at the end), 0 (every pass) or positive")
         if self.max_length < 2:
@@ -307,6 +313,42 @@ class _FrozenFeatures:
             feats[b, : f.shape[0] if f is not None else int(lengths[b])] = (
                 f if f is not None else self.store[i])
         return feats
+
+
+@torch.no_grad()
+def _fit_ridge(model: Any, items: list[_Item], frozen: _FrozenFeatures, cfg: TrainConfig,
+               pad_id: int, device: torch.device) -> dict[str, Any]:
+    """Set the value head to the ridge regression of each state's Monte Carlo return (minus the
+    residual baseline, if any) on the frozen features; sufficient statistics in float64, so the
+    memory is one batch's features whatever the data size."""
+    hidden = int(model.head.in_features)
+    xtx = torch.zeros((hidden, hidden), dtype=torch.float64, device=device)
+    xty = torch.zeros(hidden, dtype=torch.float64, device=device)
+    sx = torch.zeros(hidden, dtype=torch.float64, device=device)
+    sy, syy, n = 0.0, 0.0, 0
+    for start in range(0, len(items), cfg.batch_size):
+        idx = list(range(start, min(start + cfg.batch_size, len(items))))
+        part = _collate([items[i] for i in idx], pad_id, device)
+        feats = frozen.batch(idx, part)
+        returns = td_lambda_returns(part["rewards"], torch.zeros_like(part["base"]), part["states"],
+                                    cfg.gamma, 1.0)
+        mask = part["states"]
+        X, y = feats[mask].double(), (returns - part["base"])[mask].double()
+        xtx += X.T @ X
+        xty += X.T @ y
+        sx += X.sum(0)
+        sy, syy, n = sy + float(y.sum()), syy + float((y * y).sum()), n + len(y)
+    mx, my = sx / n, sy / n
+    cov = xtx - n * torch.outer(mx, mx)
+    w = torch.linalg.solve(cov + cfg.ridge * n * torch.eye(hidden, dtype=torch.float64, device=device),
+                           xty - n * mx * my)
+    b = my - float(mx @ w)
+    model.head.weight.copy_(w.to(model.head.weight.dtype).view_as(model.head.weight))
+    model.head.bias.fill_(b)
+    # Training MSE from the statistics: mean of (y - Xw - b)^2 expanded.
+    mse = (syy - 2 * float(w @ xty) - 2 * b * sy + float(w @ xtx @ w) + 2 * b * float(w @ sx)
+           + n * b * b) / n
+    return {"ridge": cfg.ridge, "states": n, "train_mse": mse}
 
 
 def _collate(items: list[_Item], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -542,6 +584,11 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
     micro = cfg.batch_size // cfg.grad_accum
     frozen = (_FrozenFeatures(model, items) if cfg.freeze_backbone
               and isinstance(getattr(model, "head", None), torch.nn.Linear) else None)
+    if cfg.ridge is not None:
+        if frozen is None:
+            raise ConfigError("ridge needs a value model with a linear `head` on a `backbone`")
+        history.append(_fit_ridge(model, items, frozen, cfg, pad_id, device))
+        total = done_batches  # the head is fitted: no TD batches to run
     value_fn = ResidualValueModel(model, baseline) if baseline is not None else model
     bar = _progress(total, done_batches, progress)
     model.eval()  # dropout off, as in the authors' code; gradients still flow

@@ -189,6 +189,38 @@ def test_frozen_backbone_runs_once_per_sample_and_trains_the_same_head(data, tmp
     assert torch.count_nonzero(cached.head.weight) > 0
 
 
+def test_ridge_head_is_the_least_squares_fit_of_the_returns(data, tmp_path):
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    result = train(_cfg(data, tmp_path / "r", freeze_backbone=True, ridge=0.01), model=model,
+                   progress=False)
+    assert all(torch.equal(p, before[n]) for n, p in model.backbone.named_parameters())
+    # The same regression written out: every state's features, the final reward as its target.
+    feats, targets = [], []
+    for s in score_samples(read_samples(data).samples, "vader"):  # the config's reward
+        split = split_states(model.tokenizer, model.render_prompt(s.prompt), s.completion,
+                             end_id=model.tokenizer.eos_token_id if s.finish_reason == "stop" else None)
+        with torch.no_grad():
+            h = model.backbone(input_ids=torch.tensor([split.input_ids])).last_hidden_state[0]
+        feats.append(h[split.prompt_state: split.prompt_state + split.num_states].double())
+        targets += [float(s.reward)] * split.num_states
+    X, y = torch.cat(feats), torch.tensor(targets, dtype=torch.float64)
+    Xc, n = X - X.mean(0), len(y)
+    w = torch.linalg.solve(Xc.T @ Xc + 0.01 * n * torch.eye(X.shape[1], dtype=torch.float64),
+                           Xc.T @ (y - y.mean()))
+    assert torch.allclose(model.head.weight.double().view(-1), w, atol=1e-4)
+    fit = X @ model.head.weight.double().view(-1) + float(model.head.bias)
+    recorded = next(h for h in result.history if "ridge" in h)
+    assert recorded["train_mse"] == pytest.approx(float(((fit - y) ** 2).mean()), rel=1e-3)
+    assert recorded["train_mse"] < float(((y - y.mean()) ** 2).mean())  # it explains something
+    assert result.batches == 0  # no TD steps were taken
+
+
+def test_ridge_needs_a_frozen_backbone(data, tmp_path):
+    with pytest.raises(ConfigError, match="ridge needs freeze_backbone"):
+        train(_cfg(data, tmp_path / "x", ridge=0.1), model=tiny_model(), progress=False)
+
+
 def test_lora_is_merged_into_a_plain_checkpoint(data, tmp_path):
     pytest.importorskip("peft")
     result = train(_cfg(data, tmp_path / "l", lora_r=2, passes=2), model=tiny_model(),

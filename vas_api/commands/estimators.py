@@ -105,7 +105,11 @@ def train_command(
     epochs_per_batch: Annotated[int, typer.Option(help="Optimizer steps on each batch's targets.")] = 4,
     passes: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
     max_length: Annotated[int, typer.Option(help="Max tokens per text.")] = 256,
-    freeze_backbone: Annotated[bool, typer.Option(help="Train the value head only.")] = False,
+    freeze_backbone: Annotated[bool, typer.Option(
+        help="Train the value head only (the backbone runs once per sample).")] = False,
+    ridge: Annotated[float | None, typer.Option(
+        help="With --freeze-backbone: fit the head in closed form (ridge regression of the "
+             "Monte Carlo returns, this penalty) instead of TD steps.")] = None,
     lora_r: Annotated[int, typer.Option(help="LoRA rank (0: full fine-tuning).")] = 0,
     heldout_fraction: Annotated[float, typer.Option(help="Fraction of prompts kept for validation.")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
@@ -122,7 +126,7 @@ def train_command(
         backbone=backbone, num_layers=layers, residual=residual, prompt_format=prompt_format, end_state=end_state,
         center_rewards=center_rewards, lam=lam, gamma=gamma, lr=lr,
         batch_size=batch_size, grad_accum=grad_accum, epochs_per_batch=epochs_per_batch,
-        passes=passes, max_length=max_length, freeze_backbone=freeze_backbone, lora_r=lora_r,
+        passes=passes, max_length=max_length, freeze_backbone=freeze_backbone, ridge=ridge, lora_r=lora_r,
         heldout_fraction=heldout_fraction, seed=seed, device=device, num_threads=threads,
     )
     if config is not None:
