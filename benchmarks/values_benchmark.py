@@ -243,7 +243,8 @@ def _validation_metrics(value_fn: Any, task: str, fit_samples: int = 160) -> dic
     """Pooled and within-prompt Spearman on the validation split of the training prompts, at
     half the completion, at half the budget (32 tokens) and at the end state; and the same at
     half on about `fit_samples` of the samples it was trained on (whole prompts; fit_...), which tells a model that
-    could not fit its data from one that fit it and does not generalise."""
+    could not fit its data from one that fit it and does not generalise. With the train-extra
+    samples scored, also on the validation prompts' 16 samples each (val16_...)."""
     import random
 
     from estimators.evaluate import END, spearman, spearman_within, values_at
@@ -257,10 +258,18 @@ def _validation_metrics(value_fn: Any, task: str, fit_samples: int = 160) -> dic
     per_prompt = max(1, len(train_part) // max(1, len(keys)))
     chosen = set(random.Random(0).sample(keys, min(len(keys), max(1, fit_samples // per_prompt))))
     fit = [s for s in train_part if prompt_key(s.prompt) in chosen]
-    for label, part in (("", val), ("fit_", fit)):
+    views_of = [("", val), ("fit_", fit)]
+    extra = _scored_path(task, "train-extra")
+    if extra.exists():  # 8 more samples of each validation prompt: a less noisy within-prompt view
+        val_keys = {prompt_key(s.prompt) for s in val}
+        views_of.append(("val16_", val + [s for s in read_samples(extra).samples
+                                         if prompt_key(s.prompt) in val_keys]))
+    for label, part in views_of:
         rewards = [float(s.reward) for s in part]
         groups = [prompt_key(s.prompt) for s in part]
         views = [("0.5", values_at(value_fn, part, tok, 0.5))]
+        if label == "val16_":
+            views += [("32tokens", values_after_tokens(value_fn, part, tok, 32))]
         if not label:
             views += [("32tokens", values_after_tokens(value_fn, part, tok, 32)),
                       ("end", values_at(value_fn, part, tok, END))]
@@ -404,10 +413,10 @@ def phase_spearman(tasks: Sequence[str], args: argparse.Namespace, judge_endpoin
             before = judge_usage(metered)["calls"]
             vals = values_at(value_fn, samples, tok, 0.5)
             rows[name] = {"spearman@0.5": spearman(vals, rewards),
+                          "within_prompt_spearman@0.5": spearman_within(vals, rewards, groups),
                           "seconds": round(time.perf_counter() - start, 1),
                           "judge_calls": judge_usage(metered)["calls"] - before}
             if getattr(metered, "usage", None) is None:  # free ones: also at fixed positions
-                rows[name]["within_prompt_spearman@0.5"] = spearman_within(vals, rewards, groups)
                 for n in FIXED_TOKENS:
                     at_n = values_after_tokens(value_fn, samples, tok, n)
                     rows[name][f"spearman@{n}tokens"] = spearman(at_n, rewards)
