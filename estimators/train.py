@@ -590,7 +590,7 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
         history.append(_fit_ridge(model, items, frozen, cfg, pad_id, device))
         total = done_batches  # the head is fitted: no TD batches to run
     value_fn = ResidualValueModel(model, baseline) if baseline is not None else model
-    bar = _progress(total, done_batches, progress)
+    bar = _progress(total, done_batches, progress and total > done_batches)
     model.eval()  # dropout off, as in the authors' code; gradients still flow
     metrics: dict[str, float] = {}
     batch_index = done_batches

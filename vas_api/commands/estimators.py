@@ -136,10 +136,8 @@ def train_command(
             raise ConfigError(f"cannot read training config {config}: {exc}") from exc
     cfg: TrainConfig = config_from_dict(settings)
     result = train(cfg, resume=resume)
-    typer.echo(
-        f"saved {out} after {result.batches} batches ({result.seconds:.0f} s this run); "
-        + _metrics_line(result.metrics)
-    )
+    done = "with the head fitted in closed form" if cfg.ridge is not None else f"after {result.batches} batches"
+    typer.echo(f"saved {out} {done} ({result.seconds:.0f} s this run); " + _metrics_line(result.metrics))
 
 
 def _metrics_line(metrics: dict[str, float]) -> str:
