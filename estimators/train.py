@@ -286,11 +286,12 @@ class _FrozenFeatures:
     since a frozen backbone's output never changes during training.
     """
 
-    def __init__(self, model: Any, items: list[_Item]) -> None:
+    def __init__(self, model: Any, items: list[_Item], *, keep: bool = True) -> None:
+        """keep=False: never store (one pass over the data needs each feature once)."""
         self.backbone, self.head = model.backbone, model.head
         hidden = int(self.head.in_features)
         size = sum(len(it.split.input_ids) for it in items) * hidden * 4
-        self.keep = size <= FEATURE_CACHE_BYTES
+        self.keep = keep and size <= FEATURE_CACHE_BYTES
         self.store: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -582,7 +583,7 @@ def _train(cfg: TrainConfig, model: Any, resume: bool, progress: bool, started: 
             return TrainResult(finished, metrics, history, time.perf_counter() - started,
                                done_batches)
     micro = cfg.batch_size // cfg.grad_accum
-    frozen = (_FrozenFeatures(model, items) if cfg.freeze_backbone
+    frozen = (_FrozenFeatures(model, items, keep=cfg.ridge is None) if cfg.freeze_backbone
               and isinstance(getattr(model, "head", None), torch.nn.Linear) else None)
     if cfg.ridge is not None:
         if frozen is None:
