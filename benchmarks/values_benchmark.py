@@ -657,7 +657,8 @@ def main() -> None:
                     help="compose: the ending model's checkpoint name under the models cache (default: this run's)")
     ap.add_argument("--judge-prefix-baseline", action=argparse.BooleanOptionalAction, default=True,
                     help="also score the judge on every held-out prefix (one call each)")
-    ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--note", action="append", default=[],
+                    help="notes for the results file (without any, the file's earlier notes are kept)")
     ap.add_argument("--results", default="values_benchmark",
                     help="the results file's name under benchmarks/results/ (a later run on a new "
                          "cache writes its own file instead of replacing an earlier run's)")
@@ -693,13 +694,18 @@ def main() -> None:
 def report(args: argparse.Namespace) -> None:
     """Assemble the results JSON from the cached phases; print the headline table."""
     sp, st, tr = _state("spearman"), _state("steer"), _state("train")
+    name = getattr(args, "results", "values_benchmark")
+    notes = args.note
+    previous = ROOT / "benchmarks" / "results" / f"{name}.json"
+    if not notes and previous.exists():  # a phase run without --note keeps the run's notes
+        notes = json.loads(previous.read_text()).get("notes", [])
     payload: dict[str, Any] = {
         "benchmark": "values_benchmark", "machine_detail": machine(),
         "base_model": "SmolLM2-135M-Instruct (Q4_1 GGUF, llama-cpp-python)",
         "data": _state("data"), "scoring": _state("score"), "training": tr,
         "on_policy_refinement": _state("refine"), "validation": _state("validate"),
         "spearman_at_half": sp, "steering": st, "composition": _state("compose"),
-        "notes": args.note,
+        "notes": notes,
     }
     # The headline key is the ending task's, the reward built so that its prefix cannot compute
     # it; every task's figure is listed beside it.
@@ -724,7 +730,7 @@ def report(args: argparse.Namespace) -> None:
         for n, row in sp["judge"]["rerank_argmax_offline"].items():
             payload[f"judge_rerank{n}_minus_bon8"] = row["mean_reward"] - st["judge"]["best_of_8"]["mean_reward"]
             payload[f"judge_rerank{n}_billed_tokens_per_response"] = row["billed_tokens_per_response"]
-    path = write_result(getattr(args, "results", "values_benchmark"), payload)
+    path = write_result(name, payload)
     print(json.dumps({k: v for k, v in payload.items() if not isinstance(v, dict | list)}, indent=1))
     print(f"wrote {path}")
 
