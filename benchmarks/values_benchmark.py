@@ -13,7 +13,8 @@ Phases (each cached under ~/.cache/vas-api/values_benchmark/, so a re-run resume
 1. data: `vas collect` samples (train: --n-train per prompt, held-out: --n-heldout);
 2. score: every task's reward of every sample (the judge's calls and tokens are counted);
 3. train: one TD(lambda) value model per task, with the end of sequence as its own state;
-   variants (--lr, --passes with --tag, --center, --freeze) each get their own checkpoint;
+   variants (--lr, --passes with --tag, --center, --freeze and --ridge, --extra for 16
+   samples per prompt) each get their own checkpoint;
    refine (--model-round R): on-policy rounds, VAS samples of the previous round's model on the
    training prompts, scored and mixed with base samples, fine-tuned from it;
    validate: pooled and within-prompt Spearman on the validation split of the training prompts,
@@ -268,11 +269,10 @@ def _validation_metrics(value_fn: Any, task: str, fit_samples: int = 160) -> dic
         rewards = [float(s.reward) for s in part]
         groups = [prompt_key(s.prompt) for s in part]
         views = [("0.5", values_at(value_fn, part, tok, 0.5))]
-        if label == "val16_":
+        if label != "fit_":
             views += [("32tokens", values_after_tokens(value_fn, part, tok, 32))]
         if not label:
-            views += [("32tokens", values_after_tokens(value_fn, part, tok, 32)),
-                      ("end", values_at(value_fn, part, tok, END))]
+            views += [("end", values_at(value_fn, part, tok, END))]
         for name, vals in views:
             out[f"{label}spearman@{name}"] = spearman(vals, rewards)
             out[f"{label}within_prompt_spearman@{name}"] = spearman_within(vals, rewards, groups)
