@@ -341,8 +341,17 @@ def _fit_ridge(model: Any, items: list[_Item], frozen: _FrozenFeatures, cfg: Tra
         sy, syy, n = sy + float(y.sum()), syy + float((y * y).sum()), n + len(y)
     mx, my = sx / n, sy / n
     cov = xtx - n * torch.outer(mx, mx)
-    w = torch.linalg.solve(cov + cfg.ridge * n * torch.eye(hidden, dtype=torch.float64, device=device),
-                           xty - n * mx * my)
+    singular = ConfigError(f"the ridge system is singular ({n} states, {hidden} features, penalty "
+                           f"{cfg.ridge:g}); use a penalty > 0, e.g. ridge=0.1")
+    if cfg.ridge == 0 and n <= hidden:
+        raise singular
+    try:
+        w = torch.linalg.solve(cov + cfg.ridge * n * torch.eye(hidden, dtype=torch.float64, device=device),
+                               xty - n * mx * my)
+    except torch.linalg.LinAlgError:
+        raise singular from None
+    if not bool(torch.isfinite(w).all()):
+        raise singular
     b = my - float(mx @ w)
     model.head.weight.copy_(w.to(model.head.weight.dtype).view_as(model.head.weight))
     model.head.bias.fill_(b)

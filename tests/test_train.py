@@ -221,6 +221,14 @@ def test_ridge_needs_a_frozen_backbone(data, tmp_path):
         train(_cfg(data, tmp_path / "x", ridge=0.1), model=tiny_model(), progress=False)
 
 
+def test_ridge_without_a_penalty_on_too_few_states_says_what_to_do(tmp_path):
+    path = tmp_path / "one.jsonl"
+    write_samples(path, [Sample("Hi.", chat("Hi."), "I love this movie.", "stop", "m", reward=1.0)])
+    with pytest.raises(ConfigError, match="use a penalty > 0"):
+        train(_cfg(path, tmp_path / "z", reward=None, freeze_backbone=True, ridge=0.0),
+              model=tiny_model(), progress=False)
+
+
 def test_lora_is_merged_into_a_plain_checkpoint(data, tmp_path):
     pytest.importorskip("peft")
     result = train(_cfg(data, tmp_path / "l", lora_r=2, passes=2), model=tiny_model(),
