@@ -36,7 +36,7 @@ from common import write_result  # noqa: E402
 from estimators.data import prompt_key, read_samples  # noqa: E402
 from estimators.evaluate import spearman, spearman_within  # noqa: E402
 from estimators.states import split_states  # noqa: E402
-from estimators.train import prompt_text_of, split_by_prompt  # noqa: E402
+from estimators.train import RidgeStats, prompt_text_of, split_by_prompt  # noqa: E402
 from estimators.value_model import ValueModel  # noqa: E402
 from vas_api.paths import cache_dir  # noqa: E402
 
@@ -66,13 +66,6 @@ def features(model: ValueModel, samples: list, layers: list[int]) -> list[dict]:
     return out
 
 
-def ridge(X: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    mx, my = X.mean(0), y.mean()
-    Xc = X - mx
-    w = torch.linalg.solve(Xc.T @ Xc + lam * len(X) * torch.eye(X.shape[1], dtype=X.dtype), Xc.T @ (y - my))
-    return w, my - mx @ w
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", action="append", choices=("judge", "ending", "sentiment"))
@@ -100,11 +93,12 @@ def main() -> None:
         y_val = [float(s.reward) for s in val_t]
         rows = {}
         for L in args.layers:
-            X = torch.cat([f["feats"][L] for f in f_fit]).double()
-            y = torch.cat([torch.full((len(f["feats"][L]),), float(s.reward))
-                           for f, s in zip(f_fit, fit_t, strict=True)]).double()
+            stats = RidgeStats(f_fit[0]["feats"][L].shape[1])  # the regression TrainConfig.ridge fits
+            stats.add(torch.cat([f["feats"][L] for f in f_fit]),
+                      torch.cat([torch.full((len(f["feats"][L]),), float(s.reward))
+                                 for f, s in zip(f_fit, fit_t, strict=True)]))
             for lam in args.ridge:
-                w, b = ridge(X, y, lam)
+                w, b, _ = stats.solve(lam)
                 row = {}
                 for at in ("half", "end"):
                     v = [float(f["feats"][L][f[at]].double() @ w + b) for f in f_val]

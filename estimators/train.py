@@ -48,7 +48,7 @@ from .rewards import build_reward, compute_rewards
 from .states import StateSplit, split_states
 from .td import last_state_rewards, td_lambda_returns, value_loss
 
-__all__ = ["TrainConfig", "TrainResult", "train", "split_by_prompt", "center_by_prompt", "score_samples"]
+__all__ = ["TrainConfig", "TrainResult", "RidgeStats", "train", "split_by_prompt", "center_by_prompt", "score_samples"]
 
 
 @dataclass
@@ -310,55 +310,73 @@ class _FrozenFeatures:
         B, T = part["input_ids"].shape
         feats = torch.zeros((B, T, self.head.in_features), device=part["input_ids"].device)
         for b, i in enumerate(indices):
-            f = fresh.get(i)
-            feats[b, : f.shape[0] if f is not None else int(lengths[b])] = (
-                f if f is not None else self.store[i])
+            f = fresh[i] if i in fresh else self.store[i]
+            feats[b, : f.shape[0]] = f
         return feats
+
+
+class RidgeStats:
+    """Sufficient statistics of a ridge regression y ~ X w + b, added batch by batch (float64),
+    so the memory is one batch's rows whatever the data size; `solve` for any penalty."""
+
+    def __init__(self, dim: int, device: torch.device | str = "cpu") -> None:
+        self.xtx = torch.zeros((dim, dim), dtype=torch.float64, device=device)
+        self.xty = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.sx = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.sy, self.syy, self.n = 0.0, 0.0, 0
+
+    def add(self, X: torch.Tensor, y: torch.Tensor) -> None:
+        """Rows X (n, dim) with targets y (n,)."""
+        X, y = X.double(), y.double()
+        self.xtx += X.T @ X
+        self.xty += X.T @ y
+        self.sx += X.sum(0)
+        self.sy, self.syy, self.n = self.sy + float(y.sum()), self.syy + float((y * y).sum()), self.n + len(y)
+
+    def solve(self, penalty: float) -> tuple[torch.Tensor, float, float]:
+        """(w, b, training MSE) minimising mean (y - Xw - b)^2 + penalty * |w|^2 (b unpenalised).
+
+        Raises:
+            ConfigError: the system is singular (penalty 0 with no more rows than columns, ...).
+        """
+        n, dim = self.n, self.xtx.shape[0]
+        singular = ConfigError(f"the ridge system is singular ({n} states, {dim} features, penalty "
+                               f"{penalty:g}); use a penalty > 0, e.g. ridge=0.1")
+        if n == 0 or (penalty == 0 and n <= dim):
+            raise singular
+        mx, my = self.sx / n, self.sy / n
+        cov = self.xtx - n * torch.outer(mx, mx)
+        eye = torch.eye(dim, dtype=torch.float64, device=self.xtx.device)
+        try:
+            w = torch.linalg.solve(cov + penalty * n * eye, self.xty - n * mx * my)
+        except torch.linalg.LinAlgError:
+            raise singular from None
+        if not bool(torch.isfinite(w).all()):
+            raise singular
+        b = my - float(mx @ w)
+        # mean of (y - Xw - b)^2, expanded in the statistics
+        mse = (self.syy - 2 * float(w @ self.xty) - 2 * b * self.sy + float(w @ self.xtx @ w)
+               + 2 * b * float(w @ self.sx) + n * b * b) / n
+        return w, b, mse
 
 
 @torch.no_grad()
 def _fit_ridge(model: Any, items: list[_Item], frozen: _FrozenFeatures, cfg: TrainConfig,
                pad_id: int, device: torch.device) -> dict[str, Any]:
     """Set the value head to the ridge regression of each state's Monte Carlo return (minus the
-    residual baseline, if any) on the frozen features; sufficient statistics in float64, so the
-    memory is one batch's features whatever the data size."""
-    hidden = int(model.head.in_features)
-    xtx = torch.zeros((hidden, hidden), dtype=torch.float64, device=device)
-    xty = torch.zeros(hidden, dtype=torch.float64, device=device)
-    sx = torch.zeros(hidden, dtype=torch.float64, device=device)
-    sy, syy, n = 0.0, 0.0, 0
+    residual baseline, if any) on the frozen features."""
+    stats = RidgeStats(int(model.head.in_features), device)
     for start in range(0, len(items), cfg.batch_size):
         idx = list(range(start, min(start + cfg.batch_size, len(items))))
         part = _collate([items[i] for i in idx], pad_id, device)
-        feats = frozen.batch(idx, part)
         returns = td_lambda_returns(part["rewards"], torch.zeros_like(part["base"]), part["states"],
                                     cfg.gamma, 1.0)
         mask = part["states"]
-        X, y = feats[mask].double(), (returns - part["base"])[mask].double()
-        xtx += X.T @ X
-        xty += X.T @ y
-        sx += X.sum(0)
-        sy, syy, n = sy + float(y.sum()), syy + float((y * y).sum()), n + len(y)
-    mx, my = sx / n, sy / n
-    cov = xtx - n * torch.outer(mx, mx)
-    singular = ConfigError(f"the ridge system is singular ({n} states, {hidden} features, penalty "
-                           f"{cfg.ridge:g}); use a penalty > 0, e.g. ridge=0.1")
-    if cfg.ridge == 0 and n <= hidden:
-        raise singular
-    try:
-        w = torch.linalg.solve(cov + cfg.ridge * n * torch.eye(hidden, dtype=torch.float64, device=device),
-                               xty - n * mx * my)
-    except torch.linalg.LinAlgError:
-        raise singular from None
-    if not bool(torch.isfinite(w).all()):
-        raise singular
-    b = my - float(mx @ w)
+        stats.add(frozen.batch(idx, part)[mask], (returns - part["base"])[mask])
+    w, b, mse = stats.solve(float(cfg.ridge))
     model.head.weight.copy_(w.to(model.head.weight.dtype).view_as(model.head.weight))
     model.head.bias.fill_(b)
-    # Training MSE from the statistics: mean of (y - Xw - b)^2 expanded.
-    mse = (syy - 2 * float(w @ xty) - 2 * b * sy + float(w @ xtx @ w) + 2 * b * float(w @ sx)
-           + n * b * b) / n
-    return {"ridge": cfg.ridge, "states": n, "train_mse": mse}
+    return {"ridge": cfg.ridge, "states": stats.n, "train_mse": mse}
 
 
 def _collate(items: list[_Item], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
