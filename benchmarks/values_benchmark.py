@@ -243,9 +243,10 @@ def phase_train(tasks: Sequence[str], args: argparse.Namespace) -> dict[str, Any
 def _validation_metrics(value_fn: Any, task: str, fit_samples: int = 160) -> dict[str, float]:
     """Pooled and within-prompt Spearman on the validation split of the training prompts, at
     half the completion, at half the budget (32 tokens) and at the end state; and the same at
-    half on about `fit_samples` of the samples it was trained on (whole prompts; fit_...), which tells a model that
-    could not fit its data from one that fit it and does not generalise. With the train-extra
-    samples scored, also on the validation prompts' 16 samples each (val16_...)."""
+    half on about `fit_samples` of the samples it was trained on (whole prompts; fit_...),
+    which tells a model that could not fit its data from one that fit it and does not
+    generalise. With the train-extra samples scored, also on the validation prompts' 16
+    samples each (val16_...)."""
     import random
 
     from estimators.evaluate import END, spearman, spearman_within, values_at
@@ -328,6 +329,7 @@ def phase_refine(tasks: Sequence[str], args: argparse.Namespace, server: Any, ju
                         smp.reward = rew
                         w.write(smp)
                 tmp.replace(path)
+                row[task].pop("rewards_exact")  # the samples file holds them; the state keeps the rounded ones
                 out[f"{key}/collect"] = {k: v for k, v in row.items() if k not in ("samples", "texts")}
                 _save_state(f"refine-{task}", out)
             onpolicy = read_samples(path).samples
