@@ -67,11 +67,12 @@ def state_of(split, at: str) -> int:
     return split.state_at(0.5) if at == "half" else min(int(at), split.num_states - 1)
 
 
-def rollouts(provider, samples, tokenizer, n: int, max_tokens: int, at: str) -> dict[int, dict]:
-    """n continuations of each sample's prefix at `at` (resumable; appended line by line)."""
+def rollouts(provider, samples, tokenizer, n: int, max_tokens: int, at: str) -> tuple[list[dict], int]:
+    """n continuations of each sample's prefix at `at` (resumable; appended line by line): one row
+    per sample, and how many samples this call rolled out (0: all were on disk)."""
     from tqdm import tqdm
 
-    have = _read_rollouts(at)
+    have, rolled = _read_rollouts(at), 0
     with _rollouts_path(at).open("a") as f:
         for i, s in enumerate(tqdm(samples, desc="rollouts", file=sys.stderr)):
             if i in have and len(have[i]["texts"]) >= n:
@@ -89,7 +90,8 @@ def rollouts(provider, samples, tokenizer, n: int, max_tokens: int, at: str) -> 
             f.write(json.dumps(row) + "\n")
             f.flush()
             have[i] = row
-    return have
+            rolled += 1
+    return [have[i] for i in range(len(samples))], rolled
 
 
 def score_task(task: str, reward, samples, rows, y, groups, n: int, at: str) -> dict:
@@ -136,7 +138,7 @@ def _corrected(scores: dict, y: list[float], groups: list[str], n: int, view: st
     b = [sum(scores[str(i)][h:2 * h]) / h for i in ids]
     mc = [sum(scores[str(i)][:2 * h]) / (2 * h) for i in ids]
     out: dict = {"rollouts": 2 * h}
-    for name, corr in (("spearman", lambda u, v: spearman(u, v)),
+    for name, corr in (("spearman", spearman),
                        ("within_prompt_spearman", lambda u, v: spearman_within(u, v, groups))):
         r = corr(a, b)
         rel = 2 * r / (1 + r) if r > 0 else None
@@ -173,11 +175,8 @@ def main() -> None:
     with LocalServer(n_threads=1) as server:
         provider = server.wrap().provider(server.model)
         start = time.perf_counter()
-        cached = len(_read_rollouts(args.at))
-        rows = rollouts(provider, samples, tokenizer, args.n, args.max_tokens, args.at)
+        rows, rolled = rollouts(provider, samples, tokenizer, args.n, args.max_tokens, args.at)
         rollout_seconds = time.perf_counter() - start
-        rolled = cached < len(samples)
-        rows = [rows[i] for i in range(len(samples))]
         judge_endpoint = (server.client(max_retries=2, timeout=300), server.model)
         for task in tasks:
             y = [float(s.reward) for s in by_task[task]]
